@@ -1,0 +1,108 @@
+r"""Pneumonia vs normal on chest X-rays (Kermany et al. 2018 layout).
+
+  python -m xray_jax.main --config=configs/pneumonia.py --workdir=/tmp/xray/run1 \
+      --config.data.dir=/path/to/chest_xray
+
+Config args (after a colon, comma separated):
+  runlocal       a one-minute smoke run of this config (tiny model, few steps).
+  model=NAME     cnn (default), resnet18, resnet34 or resnet50.
+  res=N          square input size in pixels (default 224).
+e.g. `--config=configs/pneumonia.py:model=resnet18,res=128`.
+"""
+
+import ml_collections
+
+from xray_jax import config_args
+
+# Per-model fields; every key is passed to the model's constructor.
+MODEL_FIELDS = {
+    "cnn": dict(
+        widths=(32, 64, 128, 256),  # Output channels of each conv block.
+        convs_per_block=1,  # Conv -> (BN) -> ReLU layers before each 2x2 max-pool.
+        batch_norm=True,  # BatchNorm after every conv.
+        pooling="avg",  # How the last feature map is reduced: avg, max or flatten.
+        dense=(256,),  # Hidden dense layers of the head.
+        dropout=0.3,  # Dropout rate before each dense layer of the head.
+    ),
+    "resnet": dict(
+        width=64,  # Channels of the first stage; doubled at every stage.
+        dropout=0.0,  # Dropout rate before the classifier.
+    ),
+}
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """Returns the model section for a registered model name."""
+  family = "resnet" if name.startswith("resnet") else name
+  fields = MODEL_FIELDS.get(family, {})
+  return ml_collections.ConfigDict(dict(
+      name=name,  # Registered model: cnn, resnet18, resnet34, resnet50.
+      dtype="float32",  # Compute dtype: float32, or bfloat16 on GPU/TPU. Params stay float32.
+      **fields,
+  ))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the pneumonia config, adjusted by the config args described above."""
+  arg = config_args.parse_arg(arg, runlocal=False, model="cnn", res=224)
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, dropout and the data order.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "folder"  # ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png}.
+  config.data.dir = "data/chest_xray"  # ROOT of the folder layout.
+  config.data.image_size = arg.res  # Images are resized to image_size x image_size.
+  config.data.grayscale = True  # One channel; false replicates the gray image to three.
+  config.data.mean = 0.5  # Normalization: (pixel in [0, 1] - mean) / std.
+  config.data.std = 0.25
+  config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
+  config.data.split_seed = 0  # Seeds that validation split.
+  config.data.num_workers = 4  # grain worker processes for decoding; 0 decodes in-process.
+  config.data.read_threads = 2  # Threads that assemble batches in the main process.
+  config.data.prefetch = 4  # Batches prepared ahead of the train step.
+  config.data.augment = ml_collections.ConfigDict()  # Train split only.
+  config.data.augment.rotation_degrees = 10.0  # Uniform rotation in [-r, r] degrees.
+  config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];
+  config.data.augment.scale_max = 1.1  # > 1 zooms in (a random crop, resized back).
+  config.data.augment.translate_fraction = 0.08  # Shift of up to this fraction of the size.
+  config.data.augment.hflip_prob = 0.0  # Chest films have a laterality: off by default.
+  config.data.augment.brightness = 0.1  # Uniform offset in [-b, b] on the [0, 1] scale.
+  config.data.augment.contrast = 0.1  # Uniform gain in [1 - c, 1 + c] around the mean.
+
+  config.model = model_config(arg.model)
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"  # adam, adamw or sgd (with momentum).
+  config.optimizer.learning_rate = 1e-3  # Peak learning rate, reached after warmup.
+  config.optimizer.schedule = "cosine"  # cosine (decays to 0 at the last step) or constant.
+  config.optimizer.warmup_epochs = 1.0  # Linear warmup from 0.
+  config.optimizer.weight_decay = 1e-4  # Decoupled for adamw, L2 for adam/sgd; not on biases/BN.
+  config.optimizer.momentum = 0.9  # sgd only.
+  config.optimizer.nesterov = True  # sgd only.
+  config.optimizer.grad_clip_norm = 1.0  # Clip the global gradient norm; 0 disables.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.label_smoothing = 0.0  # Cross-entropy against (1 - s) * one_hot + s / classes.
+  config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
+
+  config.training = ml_collections.ConfigDict()
+  config.training.global_batch_size = 64  # Summed over all devices of all hosts.
+  config.training.num_epochs = 20.0  # Length of training ...
+  config.training.num_train_steps = -1  # ... or this many steps when > 0.
+  config.training.log_every_steps = 50  # Train metrics: log line, JSON lines, TensorBoard.
+  config.training.eval_every_steps = -1  # Validation; -1: once per epoch.
+  config.training.checkpoint_every_steps = -1  # -1: once per epoch; always at the end.
+  config.training.keep_checkpoints = 3  # The latest K are kept, plus the best by val AUC.
+  config.training.eval_batch_size = 128  # Global batch for validation.
+
+  if arg.runlocal:
+    config.data.image_size = min(arg.res, 64)
+    config.data.num_workers = 0
+    config.model.update(dict(widths=(8, 16), dense=(16,)) if arg.model == "cnn" else dict(width=8))
+    config.training.global_batch_size = 16
+    config.training.num_train_steps = 20
+    config.training.log_every_steps = 5
+    config.training.eval_every_steps = 10
+    config.training.checkpoint_every_steps = 10
+    config.training.eval_batch_size = 64
+  return config

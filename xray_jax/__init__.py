@@ -1,0 +1,1 @@
+"""xray_jax: convolutional X-ray classifiers in JAX and Flax."""

@@ -1,0 +1,63 @@
+"""Orbax checkpoints of the train state together with the input iterator's position."""
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+BEST_METRIC = "val/auc"  # Metric that ranks checkpoints; higher is better.
+
+
+def _best_metric(metrics: Mapping[str, float]) -> float:
+  return metrics[BEST_METRIC]
+
+
+class Checkpointer:
+  """Saves `{state, data}` every call to `save`; keeps the latest `keep` checkpoints and
+  the best one by validation AUC. Works unchanged on many hosts: every process calls it."""
+
+  def __init__(self, directory: pathlib.Path, keep: int):
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    self._manager = ocp.CheckpointManager(
+        directory.absolute(), item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(
+            best_fn=_best_metric, best_mode="max", preservation_policy=policy, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+           metrics: Mapping[str, float]) -> None:
+    """Starts an asynchronous save; `metrics` must hold the validation AUC."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), metrics=dict(metrics))
+
+  def restore_latest(self, state: Any, data_iterator: grain.DatasetIterator) -> Any | None:
+    """Returns the latest saved state, laid out like `state`, and moves `data_iterator` to
+    where it was; None if there is no checkpoint."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored.state
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

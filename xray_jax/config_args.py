@@ -1,0 +1,39 @@
+"""Parses config strings such as `runlocal,model=resnet18,res=128`."""
+
+from typing import Any
+
+import ml_collections
+
+from xray_jax import errors
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+  """Converts `text` to the type of `default`."""
+  if isinstance(default, bool):
+    if text.lower() in ("1", "true", "yes", ""):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise errors.ConfigError(f"config arg {key!r}: expected true or false, got {text!r}")
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise errors.ConfigError(
+        f"config arg {key!r}: expected {type(default).__name__}, got {text!r}") from None
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Returns `defaults` updated from a comma-separated `key=value` string.
+
+  A bare `key` sets a boolean to true (`runlocal` is `runlocal=true`). Values take the
+  type of their default; unknown keys are an error that lists the known ones.
+  """
+  result = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise errors.ConfigError(
+          f"unknown config arg {key!r}; known: {', '.join(sorted(defaults))}")
+    result[key] = _convert(key, value.strip(), defaults[key])
+  return ml_collections.ConfigDict(result)

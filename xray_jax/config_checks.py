@@ -1,0 +1,46 @@
+"""Checks a resolved config before anything is built, naming the offending key."""
+
+import ml_collections
+
+from xray_jax import errors
+
+
+def _require(ok: bool, key: str, value, expected: str) -> None:
+  if not ok:
+    raise errors.ConfigError(f"config.{key}={value!r}: expected {expected}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first value that cannot work."""
+  data, aug, training = config.data, config.data.augment, config.training
+  _require(data.source == "folder", "data.source", data.source, "'folder'")
+  _require(bool(data.dir), "data.dir", data.dir, "the dataset root folder")
+  _require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
+  _require(data.std > 0, "data.std", data.std, "a positive number")
+  _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
+           "a fraction in (0, 1)")
+  for key in ("num_workers", "read_threads", "prefetch"):
+    _require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
+             "a non-negative integer" if key == "num_workers" else "a positive integer")
+  _require(aug.rotation_degrees >= 0, "data.augment.rotation_degrees", aug.rotation_degrees,
+           ">= 0")
+  _require(0 < aug.scale_min <= aug.scale_max, "data.augment.scale_min", aug.scale_min,
+           f"0 < scale_min <= scale_max ({aug.scale_max})")
+  for key in ("translate_fraction", "hflip_prob", "brightness", "contrast"):
+    _require(0 <= aug[key] <= 1, f"data.augment.{key}", aug[key], "a value in [0, 1]")
+  if config.model.name == "cnn":
+    _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
+             config.model.pooling, "avg, max or flatten")
+  _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
+           config.loss.label_smoothing, "a value in [0, 1)")
+  _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
+           config.optimizer.learning_rate, "a positive number")
+  _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
+           config.optimizer.weight_decay, ">= 0")
+  for key in ("global_batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
+    _require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
+  _require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
+           training.num_epochs, "> 0 (or training.num_train_steps > 0)")
+  for key in ("eval_every_steps", "checkpoint_every_steps"):
+    _require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],
+             "a positive integer, or -1 for once per epoch")

@@ -1,0 +1,1 @@
+"""Datasets of labelled X-ray images: discovery, splits, decoding and augmentation."""

@@ -1,0 +1,31 @@
+"""The train / validation / test records of the dataset named by `config.data`."""
+
+import dataclasses
+import pathlib
+
+import ml_collections
+
+from xray_jax.data import folder, splits
+from xray_jax.data.folder import Record
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  class_names: tuple[str, ...]
+  train: list[Record]
+  val: list[Record]
+  test: list[Record]  # Empty when the dataset has no test split.
+
+
+def load_splits(
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool = True
+) -> Splits:
+  """Reads the dataset; without a val/ folder, validation is carved from train and the
+  choice saved in (or read back from) `workdir`."""
+  dataset = folder.load_folder_dataset(data_config.dir)
+  train = dataset.splits["train"]
+  val = dataset.splits.get("val")
+  if val is None:
+    train, val = splits.split_train_val(
+        train, dataset.root, data_config.val_fraction, data_config.split_seed, workdir, save)
+  return Splits(dataset.class_names, train, val, dataset.splits.get("test", []))

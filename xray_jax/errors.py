@@ -1,0 +1,17 @@
+"""Errors a user can fix: they are reported as one line, without a traceback."""
+
+
+class XrayError(Exception):
+  """Base class for problems with the user's input: config, data or workdir."""
+
+
+class ConfigError(XrayError):
+  """A config value is missing, of the wrong type or out of range."""
+
+
+class DataError(XrayError):
+  """A data directory, file or image cannot be used."""
+
+
+class TrainingDivergedError(XrayError):
+  """The loss or gradient norm became NaN or infinite."""

@@ -1,0 +1,100 @@
+"""grain pipelines: records -> decoded, augmented, normalized per-process batches."""
+
+import dataclasses
+from collections.abc import Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from xray_jax.data import augment, images
+from xray_jax.data.folder import Record
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """Turns a record into a model input: decode, resize, (augment), normalize."""
+
+  image_size: int
+  grayscale: bool
+  mean: float
+  std: float
+
+  @classmethod
+  def from_config(cls, data_config: ml_collections.ConfigDict) -> "Preprocess":
+    return cls(data_config.image_size, data_config.grayscale, data_config.mean,
+               data_config.std)
+
+  def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
+    image = images.load_image(record["path"], self.image_size)
+    if augment_config is not None:
+      image = augment.augment_image(image, augment_config, rng)
+    image = ((image - self.mean) / self.std)[..., None]
+    if not self.grayscale:
+      image = np.repeat(image, 3, axis=-1)
+    return {"image": image.astype(np.float32), "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Augmented:
+  preprocess: Preprocess
+  augment_config: ml_collections.ConfigDict
+
+  def __call__(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return self.preprocess(record, self.augment_config, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Indexed:
+  """Preprocesses the record at an index, keeping the index and whether it is padding."""
+
+  preprocess: Preprocess
+  num_real: int
+
+  def __call__(self, index: int, record: Record) -> dict[str, np.ndarray]:
+    return {**self.preprocess(record), "index": np.int32(index),
+            "mask": np.float32(index < self.num_real)}
+
+
+def _to_iter_dataset(ds: grain.MapDataset, data_config) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch))
+  if data_config.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return it
+
+
+def create_train_dataset(
+    records: Sequence[Record], data_config: ml_collections.ConfigDict, global_batch_size: int,
+    seed: int, process_index: int = 0, process_count: int = 1,
+) -> grain.IterDataset:
+  """An endless, shuffled, augmented stream of this process's share of each global batch.
+
+  Global batch k holds shuffled examples [k * B, (k + 1) * B) of an endless sequence of
+  epochs, each shuffled differently; process p takes every `process_count`-th of them.
+  Augmentation is seeded by the global position, so the stream does not depend on the
+  number of processes or workers.
+  """
+  ds = grain.MapDataset.source(list(records)).shuffle(seed=seed).repeat()
+  ds = ds.random_map(_Augmented(Preprocess.from_config(data_config), data_config.augment),
+                     seed=seed)
+  ds = ds[process_index::process_count]
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  return _to_iter_dataset(ds, data_config)
+
+
+def create_eval_dataset(
+    records: Sequence[Record], data_config: ml_collections.ConfigDict, global_batch_size: int,
+    process_index: int = 0, process_count: int = 1,
+) -> grain.IterDataset:
+  """One pass over `records` in order, without augmentation.
+
+  The records are padded to whole global batches; `mask` is 0 on padding, and `index`
+  is the position in `records`.
+  """
+  padding = -len(records) % global_batch_size
+  ds = grain.MapDataset.source(list(records) + [records[0]] * padding)
+  ds = ds.map_with_index(_Indexed(Preprocess.from_config(data_config), len(records)))
+  ds = ds[process_index::process_count]
+  ds = ds.batch(global_batch_size // process_count)
+  return _to_iter_dataset(ds, data_config)

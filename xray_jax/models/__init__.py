@@ -1,0 +1,35 @@
+"""Model registry: `config.model.name` -> a Flax module returning class logits."""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from xray_jax import errors
+from xray_jax.models import cnn, resnet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": cnn.ClassicCNN,
+    "resnet18": resnet.ResNet18,
+    "resnet34": resnet.ResNet34,
+    "resnet50": resnet.ResNet50,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Builds the registered model; the config's fields other than name/dtype are its kwargs."""
+  if model_config.name not in MODELS:
+    raise errors.ConfigError(
+        f"config.model.name={model_config.name!r} is not a model; known: {', '.join(MODELS)}")
+  if model_config.dtype not in DTYPES:
+    raise errors.ConfigError(
+        f"config.model.dtype={model_config.dtype!r}; expected one of {', '.join(DTYPES)}")
+  kwargs = {k: v for k, v in model_config.items() if k not in ("name", "dtype")}
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  try:
+    return MODELS[model_config.name](
+        num_classes=num_classes, dtype=DTYPES[model_config.dtype], **kwargs)
+  except TypeError as e:
+    raise errors.ConfigError(f"config.model does not fit {model_config.name!r}: {e}") from e

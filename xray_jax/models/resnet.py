@@ -1,0 +1,79 @@
+"""ResNet v1.5 (He et al. 2016) for single- or three-channel X-rays."""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
+  width: int
+  strides: int = 1
+  norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    y = conv(self.width, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.width, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)  # Each block starts as identity.
+    if x.shape != y.shape:
+      x = self.norm()(conv(self.width, (1, 1), self.strides)(x))
+    return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided) -> 1x1 convolutions with 4x expansion (ResNet-50)."""
+
+  width: int
+  strides: int = 1
+  norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
+    y = nn.relu(self.norm()(conv(self.width, (3, 3), self.strides)(y)))
+    y = conv(self.width * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = self.norm()(conv(self.width * 4, (1, 1), self.strides)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A 7x7 stem with max-pool, four stages of residual blocks, global average pooling."""
+
+  num_classes: int
+  stage_sizes: Sequence[int]
+  block: type[nn.Module]
+  width: int = 64
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    x = nn.Conv(self.width, (7, 7), 2, use_bias=False, dtype=self.dtype)(x.astype(self.dtype))
+    x = nn.relu(norm()(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for index in range(num_blocks):
+        strides = 2 if stage > 0 and index == 0 else 1
+        x = self.block(self.width * 2**stage, strides, norm=norm, dtype=self.dtype)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)

@@ -1,0 +1,207 @@
+"""Training loop: a jit-compiled, data-parallel train step fed by grain, with Orbax
+checkpoints, periodic validation and metrics."""
+
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from xray_jax import (
+    checkpointing,
+    config_checks,
+    errors,
+    evaluation,
+    input_pipeline,
+    losses,
+    metric_writers,
+    models,
+    optimizers,
+    sharding,
+)
+from xray_jax.data import datasets
+
+
+class TrainState(train_state.TrainState):
+  """Params and optimizer state, plus BatchNorm statistics and the dropout key."""
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+  """Initializes the state, replicated over the mesh."""
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init(params_rng, jnp.zeros((1, *input_shape)), train=False)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx,
+        batch_stats=variables.get("batch_stats", {}), rng=dropout_rng)
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(seed))
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
+    label_smoothing: float, class_weights: np.ndarray | None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and batch metrics."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    loss = losses.cross_entropy(logits, batch["label"], label_smoothing, class_weights)
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": schedule(state.step),
+  }
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
+  """Averages the metrics of the steps since the last call; fails on NaN or Inf."""
+  stacked = jax.device_get(pending)
+  means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+  for metrics in stacked:
+    if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+      raise errors.TrainingDivergedError(
+          f"loss={metrics['loss']}, grad_norm={metrics['grad_norm']} between steps "
+          f"{step - len(pending) + 1} and {step}: training stopped; the checkpoints "
+          "already saved are kept (try a lower config.optimizer.learning_rate)")
+  return means
+
+
+def _every(interval: int, steps_per_epoch: int) -> int:
+  return steps_per_epoch if interval == -1 else interval
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains the configured model in `workdir`, resuming from its latest checkpoint, and
+  returns the last validation metrics."""
+  config_checks.check_config(config)
+  workdir = pathlib.Path(workdir)
+  is_chief = jax.process_index() == 0
+  mesh = sharding.make_mesh()
+  training = config.training
+  sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
+  sharding.check_batch_size(training.eval_batch_size, mesh, "training.eval_batch_size")
+
+  splits = datasets.load_splits(config.data, workdir, save=is_chief)
+  num_classes = len(splits.class_names)
+  steps_per_epoch = len(splits.train) // training.global_batch_size
+  if steps_per_epoch == 0:
+    raise errors.ConfigError(
+        f"config.training.global_batch_size={training.global_batch_size} is larger than the "
+        f"{len(splits.train)} training images")
+  total_steps = (training.num_train_steps if training.num_train_steps > 0
+                 else math.ceil(training.num_epochs * steps_per_epoch))
+  eval_every = _every(training.eval_every_steps, steps_per_epoch)
+  checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
+  if is_chief:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "classes.json").write_text(json.dumps(list(splits.class_names)))
+  logging.info("%d classes %s; %d train / %d val images; %d devices, %d processes; "
+               "%d steps of %d images (%d per epoch)", num_classes, splits.class_names,
+               len(splits.train), len(splits.val), mesh.size, jax.process_count(),
+               total_steps, training.global_batch_size, steps_per_epoch)
+
+  model = models.create_model(config.model, num_classes)
+  schedule = optimizers.create_learning_rate_schedule(
+      config.optimizer, steps_per_epoch, total_steps)
+  tx = optimizers.create_optimizer(config.optimizer, schedule)
+  channels = 1 if config.data.grayscale else 3
+  input_shape = (config.data.image_size, config.data.image_size, channels)
+  state = create_train_state(model, tx, input_shape, config.seed, mesh)
+
+  train_iter = iter(input_pipeline.create_train_dataset(
+      splits.train, config.data, training.global_batch_size, config.seed,
+      jax.process_index(), jax.process_count()))
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", training.keep_checkpoints)
+  restored = checkpointer.restore_latest(state, train_iter)
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from the checkpoint of step %d in %s", int(state.step), workdir)
+
+  class_weights = losses.resolve_class_weights(
+      config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step, schedule=schedule,
+                        label_smoothing=config.loss.label_smoothing,
+                        class_weights=class_weights),
+      in_shardings=(replicated, batch_sharded), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
+  evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_chief)
+
+  start_step = int(state.step)
+  val_metrics: dict[str, float] = {}
+  pending: list[dict[str, jax.Array]] = []
+  interval_start, interval_step = time.perf_counter(), start_step
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = sharding.to_global_batch(next(train_iter), mesh)
+      state, metrics = p_train_step(state, batch)
+      pending.append(metrics)
+      is_last = step == total_steps
+      do_eval = step % eval_every == 0 or step % checkpoint_every == 0 or is_last
+      if step % training.log_every_steps == 0 or do_eval:
+        train_metrics = _mean_metrics(pending, step)
+        pending = []
+        elapsed = time.perf_counter() - interval_start
+        images_per_s = (step - interval_step) * training.global_batch_size / elapsed
+        eta = (total_steps - step) * elapsed / (step - interval_step)
+        logging.info(
+            "step %d/%d epoch %.2f: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s, "
+            "ETA %s", step, total_steps, step / steps_per_epoch, train_metrics["loss"],
+            train_metrics["accuracy"], train_metrics["learning_rate"], images_per_s,
+            _format_duration(eta))
+        writer.write(step, {
+            **{f"train/{k}": v for k, v in train_metrics.items()},
+            "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
+        interval_start, interval_step = time.perf_counter(), step
+      if do_eval:
+        val_metrics = {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
+        logging.info("step %d validation: loss %.4f, accuracy %.4f, AUC %.4f", step,
+                     val_metrics["val/loss"], val_metrics["val/accuracy"],
+                     val_metrics["val/auc"])
+        writer.write(step, val_metrics)
+        if step % checkpoint_every == 0 or is_last:
+          checkpointer.save(step, state, train_iter, val_metrics)
+        interval_start = time.perf_counter()  # Keep validation out of images/s.
+    if start_step >= total_steps:
+      logging.info("Training already finished at step %d in %s", start_step, workdir)
+      val_metrics = {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
+  finally:
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+  return val_metrics
+
+
+def _format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}"
