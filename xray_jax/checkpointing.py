@@ -9,6 +9,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from xray_jax import errors
+
 BEST_METRIC = "val/auc"  # Metric that ranks checkpoints; higher is better.
 
 
@@ -44,17 +46,26 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)), metrics=dict(metrics))
 
-  def restore_latest(self, state: Any, data_iterator: grain.DatasetIterator) -> Any | None:
-    """Returns the latest saved state, laid out like `state`, and moves `data_iterator` to
-    where it was; None if there is no checkpoint."""
+  def restore(self, step: int, state: Any,
+              data_iterator: grain.DatasetIterator | None = None) -> Any:
+    """Returns the state saved at `step`, laid out (shapes, shardings) like `state`; also
+    moves `data_iterator`, if given, to where it was then."""
+    items = {"state": ocp.args.StandardRestore(
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, state))}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+    except ValueError as e:
+      raise errors.CheckpointError(
+          f"{self._manager.directory / str(step)} does not fit the model and optimizer of "
+          f"this config (changed since it was saved? use a new workdir): {e}") from e
+
+  def restore_latest(self, state: Any,
+                     data_iterator: grain.DatasetIterator | None = None) -> Any | None:
+    """`restore` of the latest step; None if there is no checkpoint."""
     step = self._manager.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored.state
+    return None if step is None else self.restore(step, state, data_iterator)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -1,5 +1,8 @@
 """Parses config strings such as `runlocal,model=resnet18,res=128`."""
 
+import importlib.util
+import pathlib
+import types
 from typing import Any
 
 import ml_collections
@@ -37,3 +40,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
           f"unknown config arg {key!r}; known: {', '.join(sorted(defaults))}")
     result[key] = _convert(key, value.strip(), defaults[key])
   return ml_collections.ConfigDict(result)
+
+
+def import_sibling(config_file: str, name: str) -> types.ModuleType:
+  """Imports the config module `name` (e.g. "pneumonia") from the folder of `config_file`,
+  so a variant config can start from its base config's `get_config`."""
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"xray_jax_configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -15,3 +15,7 @@ class DataError(XrayError):
 
 class TrainingDivergedError(XrayError):
   """The loss or gradient norm became NaN or infinite."""
+
+
+class CheckpointError(XrayError):
+  """A checkpoint does not fit the state the config describes."""

@@ -79,6 +79,19 @@ def train_step(
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
+def make_train_step(
+    mesh: jax.sharding.Mesh, schedule: optax.Schedule, label_smoothing: float = 0.0,
+    class_weights: np.ndarray | None = None,
+):
+  """`train_step` compiled for `mesh`: state replicated and donated, batch sharded."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      functools.partial(train_step, schedule=schedule, label_smoothing=label_smoothing,
+                        class_weights=class_weights),
+      in_shardings=(replicated, sharding.batch_sharded(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
   """Averages the metrics of the steps since the last call; fails on NaN or Inf."""
   stacked = jax.device_get(pending)
@@ -146,13 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   class_weights = losses.resolve_class_weights(
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
-  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  p_train_step = jax.jit(
-      functools.partial(train_step, schedule=schedule,
-                        label_smoothing=config.loss.label_smoothing,
-                        class_weights=class_weights),
-      in_shardings=(replicated, batch_sharded), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+  p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   writer = metric_writers.MetricWriter(workdir, enabled=is_chief)
 

@@ -1,0 +1,78 @@
+"""Config files, config args and config checks."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from xray_jax import config_args, config_checks, errors, models
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config_module(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_every_config_resolves_and_checks(path, arg):
+  config = load_config_module(path).get_config(arg)
+  config_checks.check_config(config)
+  models.create_model(config.model, num_classes=2)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_runlocal_is_smaller(path):
+  module = load_config_module(path)
+  full, local = module.get_config(None), module.get_config("runlocal")
+  assert local.data.image_size < full.data.image_size
+  assert 0 < local.training.num_train_steps <= 50
+
+
+def test_config_args_select_model_and_resolution():
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=resnet18,res=128")
+  assert config.model.name == "resnet18"
+  assert config.data.image_size == 128
+  assert "widths" not in config.model  # Only the chosen family's fields.
+
+
+def test_parse_arg_types_and_errors():
+  arg = config_args.parse_arg("runlocal,res=96", runlocal=False, res=224, model="cnn")
+  assert arg.runlocal is True and arg.res == 96 and arg.model == "cnn"
+  with pytest.raises(errors.ConfigError, match="'size'"):
+    config_args.parse_arg("size=3", res=224)
+  with pytest.raises(errors.ConfigError, match="'res'.*int"):
+    config_args.parse_arg("res=big", res=224)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.val_fraction", 1.5, "data.val_fraction=1.5"),
+    ("data.augment.scale_min", 0.0, "data.augment.scale_min"),
+    ("training.global_batch_size", 0, "training.global_batch_size=0"),
+    ("training.eval_every_steps", 0, "training.eval_every_steps=0"),
+    ("model.pooling", "mean", "model.pooling='mean'"),
+    ("data.source", "s3", "data.source='s3'"),
+])
+def test_check_config_names_the_bad_key(key, value, message):
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)
+  section, _, field = key.rpartition(".")
+  target = config
+  for part in section.split("."):
+    target = target[part]
+  target[field] = value
+  with pytest.raises(errors.ConfigError, match=message.replace(".", r"\.")):
+    config_checks.check_config(config)
+
+
+def test_unknown_model_name_is_reported():
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)
+  config.model.name = "vgg"
+  with pytest.raises(errors.ConfigError, match="'vgg'.*cnn, resnet18"):
+    models.create_model(config.model, 2)

@@ -1,0 +1,200 @@
+"""Folder discovery, the validation split, decoding, augmentation and the grain pipeline."""
+
+import json
+
+import ml_collections
+import numpy as np
+import PIL.Image
+import pytest
+
+from xray_jax import errors, input_pipeline
+from xray_jax.data import augment, datasets, folder, images, splits
+
+
+def data_config(root, **overrides) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(
+      source="folder", dir=str(root), image_size=16, grayscale=True, mean=0.5, std=0.25,
+      val_fraction=0.25, split_seed=0, num_workers=0, read_threads=1, prefetch=2,
+      augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
+                   translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1)))
+  config.update(overrides)
+  return config
+
+
+def test_folder_layout_classes_and_splits(dataset_dir):
+  (dataset_dir / "test" / "NORMAL").mkdir(parents=True)
+  (dataset_dir / "test" / "PNEUMONIA").mkdir(parents=True)
+  for name in ("NORMAL", "PNEUMONIA"):
+    for src in sorted((dataset_dir / "train" / name).iterdir())[:2]:
+      (dataset_dir / "test" / name / src.name).write_bytes(src.read_bytes())
+  (dataset_dir / "train" / "NORMAL" / "notes.txt").write_text("not an image")
+  dataset = folder.load_folder_dataset(dataset_dir)
+  assert dataset.class_names == ("NORMAL", "PNEUMONIA")
+  assert len(dataset.splits["train"]) == 48 and len(dataset.splits["test"]) == 4
+  assert "val" not in dataset.splits
+  assert {r["label"] for r in dataset.splits["train"] if "/PNEUMONIA/" in r["path"]} == {1}
+
+
+def test_missing_directory_and_empty_class_are_named(tmp_path, dataset_dir):
+  with pytest.raises(errors.DataError, match=str(tmp_path / "nowhere" / "train")):
+    folder.load_folder_dataset(tmp_path / "nowhere")
+  for path in (dataset_dir / "train" / "NORMAL").iterdir():
+    path.unlink()
+  with pytest.raises(errors.DataError, match=r"train/NORMAL: no images"):
+    folder.load_folder_dataset(dataset_dir)
+
+
+def test_stratified_split_is_seeded_and_keeps_class_ratio():
+  records = [{"path": f"{i}.png", "label": int(i < 30)} for i in range(100)]
+  train, val = splits.stratified_split(records, 0.1, seed=3)
+  assert len(val) == 10 and sum(r["label"] for r in val) == 3
+  assert {r["path"] for r in train}.isdisjoint(r["path"] for r in val)
+  assert splits.stratified_split(records, 0.1, seed=3)[1] == val
+  assert splits.stratified_split(records, 0.1, seed=4)[1] != val
+
+
+def test_split_is_saved_in_the_workdir_and_reused(dataset_dir, tmp_path):
+  workdir = tmp_path / "work"
+  first = datasets.load_splits(data_config(dataset_dir), workdir)
+  saved = json.loads((workdir / splits.SPLIT_FILE).read_text())
+  assert len(saved["val"]) == len(first.val) == 12
+  # A different seed does not move a split already recorded for this workdir.
+  again = datasets.load_splits(data_config(dataset_dir, split_seed=7), workdir)
+  assert again.val == first.val and again.train == first.train
+  other = datasets.load_splits(data_config(dataset_dir, split_seed=7), tmp_path / "other")
+  assert other.val != first.val
+
+
+def test_load_image_resizes_to_gray_unit_range(tmp_path):
+  path = tmp_path / "colour.png"
+  PIL.Image.fromarray(np.full((40, 60, 3), 255, np.uint8)).save(path)
+  image = images.load_image(str(path), 16)
+  assert image.shape == (16, 16) and image.dtype == np.float32
+  np.testing.assert_allclose(image, 1.0)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 not really a jpeg"])
+def test_corrupt_image_error_names_the_file(tmp_path, content):
+  path = tmp_path / "broken.jpeg"
+  path.write_bytes(content)
+  with pytest.raises(errors.DataError, match="broken.jpeg: cannot read image"):
+    images.load_image(str(path), 16)
+
+
+def test_truncated_jpeg_error_names_the_file(tmp_path):
+  path = tmp_path / "cut.jpeg"
+  PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(path)
+  path.write_bytes(path.read_bytes()[:300])
+  with pytest.raises(errors.DataError, match="cut.jpeg"):
+    images.load_image(str(path), 16)
+
+
+def _no_augment(**overrides) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(
+      rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
+      hflip_prob=0.0, brightness=0.0, contrast=0.0))
+  config.update(overrides)
+  return config
+
+
+def _point_image(size=9, row=1, col=4):
+  image = np.zeros((size, size), np.float32)
+  image[row, col] = 1.0
+  return image
+
+
+def test_identity_augmentation_changes_nothing():
+  image = np.random.default_rng(0).uniform(size=(16, 16)).astype(np.float32)
+  out = augment.augment_image(image, _no_augment(), np.random.default_rng(1))
+  np.testing.assert_allclose(out, image, atol=1e-6)
+
+
+def test_affine_geometry_rotates_about_the_centre_and_shifts():
+  warp = lambda *args: np.asarray(PIL.Image.fromarray(_point_image(), mode="F").transform(
+      (9, 9), PIL.Image.Transform.AFFINE, augment._inverse_affine(9, *args),
+      resample=PIL.Image.Resampling.BILINEAR))
+  assert np.argwhere(warp(90, 1, 0, 0) > 0.5).tolist() == [[4, 7]]
+  assert np.argwhere(warp(180, 1, 0, 0) > 0.5).tolist() == [[7, 4]]
+  assert np.argwhere(warp(0, 1, 2, 0) > 0.5).tolist() == [[1, 6]]
+  assert np.argwhere(warp(0, 1, 0, 1) > 0.5).tolist() == [[2, 4]]
+
+
+def test_flip_and_intensity_augmentations():
+  image = np.linspace(0, 1, 81, dtype=np.float32).reshape(9, 9)
+  flipped = augment.augment_image(image, _no_augment(hflip_prob=1.0), np.random.default_rng(0))
+  np.testing.assert_allclose(flipped, image[:, ::-1], atol=1e-6)
+  brighter = augment.augment_image(image * 0.5, _no_augment(brightness=0.3),
+                                   np.random.default_rng(0))
+  assert not np.allclose(brighter, image * 0.5)
+  assert brighter.min() >= 0 and brighter.max() <= 1
+
+
+def _take(dataset, count):
+  iterator = iter(dataset)
+  return [next(iterator) for _ in range(count)]
+
+
+def test_train_pipeline_is_deterministic_and_shuffles(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"]
+  config = data_config(dataset_dir)
+  first = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 7)
+  second = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 7)
+  other = _take(input_pipeline.create_train_dataset(records, config, 8, seed=1), 7)
+  for a, b in zip(first, second, strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  assert not np.array_equal(first[0]["image"], other[0]["image"])
+  assert first[0]["image"].shape == (8, 16, 16, 1) and first[0]["image"].dtype == np.float32
+  # Epochs 1 and 2 (48 images = 6 batches each) are both complete and ordered differently.
+  labels = np.concatenate([b["label"] for b in first[:6]])
+  assert labels.sum() == 24
+  assert not np.array_equal(first[0]["image"], first[6]["image"])
+
+
+def test_process_shards_make_up_the_global_batch(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"]
+  config = data_config(dataset_dir)
+  whole = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 3)
+  shards = [_take(input_pipeline.create_train_dataset(records, config, 8, 0, p, 2), 3)
+            for p in range(2)]
+  for step in range(3):
+    merged = np.concatenate([shards[p][step]["image"] for p in range(2)])
+    assert merged.shape == whole[step]["image"].shape
+    key = lambda batch: sorted(x.tobytes() for x in batch)
+    assert key(merged) == key(whole[step]["image"])
+
+
+def test_augmentation_applies_to_train_only(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"][:8]
+  config = data_config(dataset_dir)
+  preprocess = input_pipeline.Preprocess.from_config(config)
+  (eval_batch,) = list(input_pipeline.create_eval_dataset(records, config, 8))
+  for record, image in zip(records, eval_batch["image"], strict=True):
+    np.testing.assert_allclose(image, preprocess(record)["image"])
+  np.testing.assert_array_equal(eval_batch["label"], [r["label"] for r in records])
+  no_aug = data_config(dataset_dir, augment=_no_augment().to_dict())
+  plain = _take(input_pipeline.create_train_dataset(records, no_aug, 8, seed=0), 1)[0]
+  augmented = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 1)[0]
+  np.testing.assert_array_equal(plain["label"], augmented["label"])
+  assert not np.allclose(plain["image"], augmented["image"])
+  unaugmented = np.stack([preprocess(r)["image"] for r in records])
+  for image in plain["image"]:  # With zero strengths, training sees the eval images.
+    assert np.abs(unaugmented - image).max(axis=(1, 2, 3)).min() < 1e-5
+
+
+def test_eval_pipeline_pads_to_whole_batches_with_a_mask(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"][:10]
+  batches = list(input_pipeline.create_eval_dataset(records, data_config(dataset_dir), 8))
+  assert len(batches) == 2
+  mask = np.concatenate([b["mask"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  assert mask.tolist() == [1.0] * 10 + [0.0] * 6
+  assert index[:10].tolist() == list(range(10))
+
+
+def test_three_channel_input_replicates_gray(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"][:2]
+  example = input_pipeline.Preprocess.from_config(
+      data_config(dataset_dir, grayscale=False))(records[0])
+  assert example["image"].shape == (16, 16, 3)
+  np.testing.assert_array_equal(example["image"][..., 0], example["image"][..., 2])

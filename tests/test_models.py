@@ -1,0 +1,68 @@
+"""Every registered model: output shape and dtype, train/eval modes."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from xray_jax import models
+
+SMALL = {"cnn": dict(widths=(4, 8), dense=(8,)), "resnet": dict(width=4)}
+
+
+def small_config(name: str, dtype: str = "float32") -> ml_collections.ConfigDict:
+  fields = SMALL["resnet" if name.startswith("resnet") else name]
+  return ml_collections.ConfigDict(dict(name=name, dtype=dtype, **fields))
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_logits_shape_and_dtype(name, channels):
+  model = models.create_model(small_config(name), num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, channels))
+  variables = model.init(jax.random.PRNGKey(1), images, train=False)
+  logits = model.apply(variables, images, train=False)
+  assert logits.shape == (2, 3)
+  assert logits.dtype == jnp.float32
+  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.PRNGKey(2)})
+  assert logits.shape == (2, 3)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
+                         updates["batch_stats"])
+  assert any(jax.tree.leaves(changed)), "training mode must update BatchNorm statistics"
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_bfloat16_compute_keeps_float32_params_and_logits(name):
+  model = models.create_model(small_config(name, "bfloat16"), num_classes=2)
+  images = jnp.ones((2, 32, 32, 1))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  assert model.apply(variables, images).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
+def test_cnn_pooling_variants(pooling):
+  config = small_config("cnn")
+  config.pooling = pooling
+  model = models.create_model(config, num_classes=2)
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 1)))
+  dense_in = variables["params"]["Dense_0"]["kernel"].shape[0]
+  assert dense_in == (8 * 8 * 8 if pooling == "flatten" else 8)
+
+
+def test_cnn_dropout_is_random_in_training_only():
+  model = models.create_model(small_config("cnn"), num_classes=2)
+  images = jnp.ones((4, 32, 32, 1))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  run = lambda key: model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.PRNGKey(key)})[0]
+  assert not jnp.allclose(run(1), run(2))
+  assert jnp.allclose(model.apply(variables, images), model.apply(variables, images))
+
+
+def test_config_field_that_does_not_fit_the_model():
+  config = small_config("resnet18")
+  config.widths = (4, 8)
+  with pytest.raises(Exception, match="config.model does not fit 'resnet18'"):
+    models.create_model(config, 2)

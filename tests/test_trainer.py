@@ -1,0 +1,157 @@
+"""The training loop on generated data: checkpoints, resume, divergence and bad input."""
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from test_config import load_config_module
+
+from xray_jax import checkpointing, errors, models, optimizers, sharding, train
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(data_dir: pathlib.Path, **training) -> ml_collections.ConfigDict:
+  """The runlocal pneumonia config shrunk to 16x16 images and a few steps."""
+  config = load_config_module(REPO_ROOT / "configs" / "pneumonia.py").get_config("runlocal")
+  config.data.dir = str(data_dir)
+  config.data.image_size = 16
+  config.data.val_fraction = 0.25
+  config.model.widths = (4, 8)
+  config.model.dense = (8,)
+  config.optimizer.schedule = "constant"
+  config.optimizer.warmup_epochs = 0.0
+  config.training.update(dict(global_batch_size=8, num_train_steps=4, log_every_steps=1,
+                              eval_every_steps=2, checkpoint_every_steps=2,
+                              eval_batch_size=16))
+  config.training.update(training)
+  return config
+
+
+def restore_state(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh, step=None):
+  """The train state saved in `workdir`, restored onto `mesh`."""
+  model = models.create_model(config.model, 2)
+  schedule = optimizers.create_learning_rate_schedule(config.optimizer, 10, 100)
+  tx = optimizers.create_optimizer(config.optimizer, schedule)
+  size = config.data.image_size
+  template = train.create_train_state(model, tx, (size, size, 1), config.seed, mesh)
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", 3)
+  try:
+    return checkpointer.restore(step or checkpointer.latest_step(), template)
+  finally:
+    checkpointer.close()
+
+
+class _Preempted(Exception):
+  pass
+
+
+def _record_train_batches(monkeypatch) -> list[bytes]:
+  seen = []
+  original = sharding.to_global_batch
+
+  def recording(batch, mesh):
+    if "mask" not in batch:  # Train batches; eval batches carry a mask.
+      seen.append(batch["image"].tobytes() + batch["label"].tobytes())
+    return original(batch, mesh)
+
+  monkeypatch.setattr(sharding, "to_global_batch", recording)
+  return seen
+
+
+def test_resume_gives_the_same_params_and_batches(dataset_dir, tmp_path, monkeypatch):
+  config = tiny_config(dataset_dir)
+  seen_straight = _record_train_batches(monkeypatch)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  monkeypatch.undo()
+
+  seen_resumed = _record_train_batches(monkeypatch)
+  original_save = checkpointing.Checkpointer.save
+
+  def save_then_die(self, step, *args, **kwargs):
+    original_save(self, step, *args, **kwargs)
+    if step == 2:
+      raise _Preempted
+
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.Checkpointer, "save", save_then_die)
+    with pytest.raises(_Preempted):
+      train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert len(seen_resumed) == 2
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  assert seen_resumed == seen_straight and len(seen_straight) == 4
+  mesh = sharding.make_mesh()
+  straight = restore_state(config, tmp_path / "straight", mesh)
+  resumed = restore_state(config, tmp_path / "resumed", mesh)
+  assert int(straight.step) == int(resumed.step) == 4
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path):
+  config = tiny_config(dataset_dir, num_train_steps=6, keep_checkpoints=1)
+  workdir = tmp_path / "work"
+  final = train.train_and_evaluate(config, str(workdir))
+  assert set(final) >= {"val/accuracy", "val/auc", "val/loss"}
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["data"]["dir"] == str(dataset_dir)
+  assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in lines if "train/loss" in m] == [1, 2, 3, 4, 5, 6]
+  assert [m["step"] for m in lines if "val/auc" in m] == [2, 4, 6]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # The latest is kept, plus one with the best validation AUC (ties: the later one).
+  auc = {m["step"]: m["val/auc"] for m in lines if "val/auc" in m}
+  best = max(auc, key=lambda step: (auc[step], step))
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == sorted({6, best})
+
+  # Saved from 8 devices, restored onto 1.
+  on_eight = restore_state(config, workdir, sharding.make_mesh())
+  on_one = restore_state(config, workdir, sharding.make_mesh(jax.devices()[:1]))
+  assert on_one.params["Dense_0"]["kernel"].sharding.device_set == {jax.devices()[0]}
+  for a, b in zip(jax.tree.leaves(on_eight), jax.tree.leaves(on_one), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_divergence_stops_training_and_keeps_checkpoints(dataset_dir, tmp_path):
+  workdir = tmp_path / "work"
+  train.train_and_evaluate(tiny_config(dataset_dir, num_train_steps=2), str(workdir))
+  config = tiny_config(dataset_dir, num_train_steps=8)
+  config.optimizer.learning_rate = 1e38  # Adam steps of ~1e38 overflow the weights.
+  with pytest.raises(errors.TrainingDivergedError, match="loss=(nan|inf)"):
+    train.train_and_evaluate(config, str(workdir))
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [2]
+  state = restore_state(config, workdir, sharding.make_mesh())
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_resuming_with_a_different_optimizer_is_reported(dataset_dir, tmp_path):
+  workdir = tmp_path / "work"
+  train.train_and_evaluate(tiny_config(dataset_dir, num_train_steps=2), str(workdir))
+  config = tiny_config(dataset_dir, num_train_steps=4)
+  config.optimizer.name = "sgd"
+  with pytest.raises(errors.CheckpointError, match=r"checkpoints/2 does not fit"):
+    train.train_and_evaluate(config, str(workdir))
+  assert (workdir / "checkpoints" / "2" / "state").is_dir()
+
+
+def test_corrupt_training_image_is_named(dataset_dir, tmp_path):
+  bad = dataset_dir / "train" / "PNEUMONIA" / "zz_broken.png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  config = tiny_config(dataset_dir, num_train_steps=12)
+  config.data.val_fraction = 0.05
+  with pytest.raises(errors.DataError, match="zz_broken.png: cannot read image"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_batch_not_divisible_by_devices_is_reported(dataset_dir, tmp_path):
+  with pytest.raises(errors.ConfigError, match="training.global_batch_size=12.*8 devices"):
+    train.train_and_evaluate(tiny_config(dataset_dir, global_batch_size=12), str(tmp_path))
