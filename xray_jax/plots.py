@@ -1,0 +1,117 @@
+"""PNG figures of evaluation results: ROC, precision-recall, confusion matrix and reliability.
+
+Figures are built with matplotlib's object API on an Agg canvas instead of pyplot, so
+importing this module neither switches the caller's backend nor leaves figures registered.
+"""
+
+import os
+import pathlib
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from xray_jax import metrics
+
+PathLike = str | os.PathLike
+
+
+def _new_figure(figsize: tuple[float, float] = (5.0, 5.0), **subplot_kw) -> tuple[Figure, Axes]:
+  figure = Figure(figsize=figsize, dpi=100, layout="constrained")
+  FigureCanvasAgg(figure)
+  return figure, figure.add_subplot(**subplot_kw)
+
+
+def _save(figure: Figure, path: PathLike) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(path, format="png")
+  return path
+
+
+def _unit_square(axes: Axes, xlabel: str, ylabel: str, title: str) -> None:
+  axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel, title=title)
+  axes.set_aspect("equal")
+  axes.grid(alpha=0.3)
+
+
+def plot_roc(is_positive: np.ndarray, scores: np.ndarray, path: PathLike,
+             title: str = "ROC curve") -> pathlib.Path:
+  """One-vs-rest ROC curve with its AUC and the chance diagonal."""
+  fpr, tpr, _ = metrics.roc_curve(is_positive, scores)
+  auc = metrics.roc_auc(is_positive, scores)
+  # Single-class data has no curve; still write the figure so a per-class loop never fails.
+  label = "AUC undefined (one class)" if np.isnan(auc) else f"AUC = {auc:.3f}"
+  figure, axes = _new_figure()
+  axes.plot(fpr, tpr, color="tab:blue", lw=2, label=label)
+  axes.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="Chance")
+  _unit_square(axes, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
+               title)
+  axes.legend(loc="lower right")
+  return _save(figure, path)
+
+
+def plot_precision_recall(is_positive: np.ndarray, scores: np.ndarray, path: PathLike,
+                          title: str = "Precision-recall curve") -> pathlib.Path:
+  """Step-wise precision-recall curve with its average precision and the prevalence baseline."""
+  precision, recall, _ = metrics.precision_recall_curve(is_positive, scores)
+  prevalence = float(np.mean(np.asarray(is_positive, bool)))
+  figure, axes = _new_figure()
+  # Steps match the uninterpolated sum that average_precision computes.
+  axes.plot(recall, precision, drawstyle="steps-post", color="tab:blue", lw=2,
+            label=f"AP = {metrics.average_precision(is_positive, scores):.3f}")
+  axes.axhline(prevalence, color="gray", ls="--", lw=1, label=f"Prevalence = {prevalence:.3f}")
+  _unit_square(axes, "Recall (sensitivity)", "Precision", title)
+  axes.legend(loc="lower left")
+  return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: PathLike,
+                          title: str = "Confusion matrix") -> pathlib.Path:
+  """Counts (rows true, columns predicted) annotated with their share of the true class."""
+  matrix = np.asarray(matrix)
+  num_classes = len(class_names)
+  if matrix.shape != (num_classes, num_classes):
+    raise ValueError(f"Matrix {matrix.shape} does not match {num_classes} class names.")
+  size = 2.0 + 1.2 * num_classes
+  figure, axes = _new_figure((size + 1.0, size))
+  image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+  figure.colorbar(image, ax=axes, shrink=0.8)
+  row_totals = np.maximum(matrix.sum(axis=1), 1)
+  for (row, col), count in np.ndenumerate(matrix):
+    # Light text on dark cells keeps the counts readable.
+    color = "white" if count > matrix.max() / 2 else "black"
+    axes.text(col, row, f"{count}\n{100 * count / row_totals[row]:.1f}%", ha="center",
+              va="center", color=color, fontsize=10)
+  ticks = np.arange(num_classes)
+  # Many class names overlap side by side; slant them.
+  slant = {"rotation": 45, "ha": "right"} if num_classes > 3 else {}
+  axes.set_xticks(ticks, class_names, **slant)
+  axes.set_yticks(ticks, class_names)
+  axes.set(xlabel="Predicted class", ylabel="True class", title=title)
+  return _save(figure, path)
+
+
+def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: PathLike,
+                     title: str = "Reliability diagram", num_bins: int = 15) -> pathlib.Path:
+  """Accuracy against top-label confidence per bin, with the diagonal and bin counts below."""
+  counts, confidence, accuracy = metrics.reliability_bins(probs, labels, num_bins)
+  ece = metrics.expected_calibration_error(probs, labels, num_bins)
+  centers = (np.arange(num_bins) + 0.5) / num_bins
+  width = 1.0 / num_bins
+  filled = counts > 0
+  figure = Figure(figsize=(5.0, 6.5), dpi=100, layout="constrained")
+  FigureCanvasAgg(figure)
+  top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  top.bar(centers[filled], accuracy[filled], width=width, color="tab:blue", edgecolor="black",
+          lw=0.5, label="Accuracy")
+  top.plot(confidence[filled], accuracy[filled], "o", color="tab:red", ms=4,
+           label="Mean confidence")
+  top.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="Perfect calibration")
+  top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="Accuracy", title=f"{title} (ECE = {ece:.3f})")
+  top.grid(alpha=0.3)
+  top.legend(loc="upper left")
+  bottom.bar(centers, counts, width=width, color="tab:gray", edgecolor="black", lw=0.5)
+  bottom.set(xlabel="Top-label confidence", ylabel="Examples")
+  return _save(figure, path)
