@@ -95,6 +95,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.keep_checkpoints = 3  # The latest K are kept, plus the best by val AUC.
   config.training.eval_batch_size = 128  # Global batch for validation.
 
+  config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
+  config.evaluation.threshold_method = "youden"  # Operating point chosen on validation:
+  # youden (max sensitivity + specificity) or sensitivity (reach target_sensitivity).
+  config.evaluation.target_sensitivity = 0.95
+  config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
+
   if arg.runlocal:
     config.data.image_size = min(arg.res, 64)
     config.data.num_workers = 0

@@ -1,5 +1,6 @@
 """Shared fixtures: 8 CPU devices, parsed absl flags, and small generated datasets."""
 
+import importlib.util
 import pathlib
 
 import jax
@@ -7,6 +8,7 @@ import jax
 # Every test sees 8 devices, so the trainer's sharded path is what the suite exercises.
 jax.config.update("jax_num_cpu_devices", 8)
 
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
@@ -41,3 +43,46 @@ def make_dataset(root: pathlib.Path, per_class: int = 24, classes=("NORMAL", "PN
 @pytest.fixture
 def dataset_dir(tmp_path: pathlib.Path) -> pathlib.Path:
   return make_dataset(tmp_path / "data")
+
+
+def load_config_module(path: pathlib.Path):
+  """Imports a config file the way `--config=PATH` does."""
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(data_dir: pathlib.Path, **training) -> ml_collections.ConfigDict:
+  """The runlocal pneumonia config shrunk to 16x16 images and a few steps."""
+  config = load_config_module(REPO_ROOT / "configs" / "pneumonia.py").get_config("runlocal")
+  config.data.dir = str(data_dir)
+  config.data.image_size = 16
+  config.data.val_fraction = 0.25
+  config.model.widths = (4, 8)
+  config.model.dense = (8,)
+  config.optimizer.schedule = "constant"
+  config.optimizer.warmup_epochs = 0.0
+  config.training.update(dict(global_batch_size=8, num_train_steps=4, log_every_steps=1,
+                              eval_every_steps=2, checkpoint_every_steps=2,
+                              eval_batch_size=16))
+  config.training.update(training)
+  return config
+
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> pathlib.Path:
+  """A finished tiny run (checkpoints at steps 2, 4, 6) on data that has a test split.
+
+  Read-only for the tests that share it: copy it to change it.
+  """
+  from xray_jax import train
+
+  root = tmp_path_factory.mktemp("trained")
+  data = make_dataset(root / "data", per_class=24)
+  test = make_dataset(root / "test_source", per_class=6, seed=1)
+  (test / "train").rename(data / "test")
+  workdir = root / "work"
+  train.train_and_evaluate(tiny_config(data, num_train_steps=6, keep_checkpoints=5), str(workdir))
+  return workdir

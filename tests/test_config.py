@@ -1,20 +1,14 @@
 """Config files, config args and config checks."""
 
-import importlib.util
 import pathlib
 
 import pytest
+from conftest import load_config_module
 
 from xray_jax import config_args, config_checks, errors, models
+from xray_jax.data import datasets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config_module(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -58,7 +52,6 @@ def test_parse_arg_types_and_errors():
     ("training.global_batch_size", 0, "training.global_batch_size=0"),
     ("training.eval_every_steps", 0, "training.eval_every_steps=0"),
     ("model.pooling", "mean", "model.pooling='mean'"),
-    ("data.source", "s3", "data.source='s3'"),
 ])
 def test_check_config_names_the_bad_key(key, value, message):
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)
@@ -69,6 +62,13 @@ def test_check_config_names_the_bad_key(key, value, message):
   target[field] = value
   with pytest.raises(errors.ConfigError, match=message.replace(".", r"\.")):
     config_checks.check_config(config)
+
+
+def test_unknown_data_source_is_reported(tmp_path):
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)
+  config.data.source = "s3"
+  with pytest.raises(errors.ConfigError, match="config.data.source='s3'; expected one of"):
+    datasets.load_splits(config.data, tmp_path)
 
 
 def test_unknown_model_name_is_reported():

@@ -4,32 +4,13 @@ import json
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
-from test_config import load_config_module
+from conftest import tiny_config
 
 from xray_jax import checkpointing, errors, models, optimizers, sharding, train
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(data_dir: pathlib.Path, **training) -> ml_collections.ConfigDict:
-  """The runlocal pneumonia config shrunk to 16x16 images and a few steps."""
-  config = load_config_module(REPO_ROOT / "configs" / "pneumonia.py").get_config("runlocal")
-  config.data.dir = str(data_dir)
-  config.data.image_size = 16
-  config.data.val_fraction = 0.25
-  config.model.widths = (4, 8)
-  config.model.dense = (8,)
-  config.optimizer.schedule = "constant"
-  config.optimizer.warmup_epochs = 0.0
-  config.training.update(dict(global_batch_size=8, num_train_steps=4, log_every_steps=1,
-                              eval_every_steps=2, checkpoint_every_steps=2,
-                              eval_batch_size=16))
-  config.training.update(training)
-  return config
 
 
 def restore_state(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh, step=None):

@@ -20,9 +20,10 @@ def _best_metric(metrics: Mapping[str, float]) -> float:
 
 class Checkpointer:
   """Saves `{state, data}` every call to `save`; keeps the latest `keep` checkpoints and
-  the best one by validation AUC. Works unchanged on many hosts: every process calls it."""
+  the best one by validation AUC. Works unchanged on many hosts: every process calls it.
+  A `read_only` one (for evaluation jobs) never writes or deletes."""
 
-  def __init__(self, directory: pathlib.Path, keep: int):
+  def __init__(self, directory: pathlib.Path, keep: int = 1, read_only: bool = False):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
         checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1,
@@ -31,7 +32,16 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         directory.absolute(), item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
-            best_fn=_best_metric, best_mode="max", preservation_policy=policy, create=True))
+            best_fn=_best_metric, best_mode="max", preservation_policy=policy,
+            create=not read_only, read_only=read_only))
+
+  def all_steps(self) -> list[int]:
+    """Steps of the finalized checkpoints, as of the last `reload`."""
+    return list(self._manager.all_steps())
+
+  def reload(self) -> None:
+    """Rereads the directory, to see checkpoints another process finished since."""
+    self._manager.reload()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -60,6 +70,19 @@ class Checkpointer:
       raise errors.CheckpointError(
           f"{self._manager.directory / str(step)} does not fit the model and optimizer of "
           f"this config (changed since it was saved? use a new workdir): {e}") from e
+
+  def restore_variables(self, step: int, abstract_variables: dict[str, Any]) -> dict[str, Any]:
+    """Restores only the model variables (`params`, `batch_stats`) of the state saved at
+    `step`, placed as the shardings of `abstract_variables` say."""
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                       dtype=x.dtype), abstract_variables)
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=abstract_variables, restore_args=restore_args, partial_restore=True))).state
+    except (ValueError, FileNotFoundError) as e:
+      raise errors.CheckpointError(
+          f"{self._manager.directory / str(step)}: cannot restore the model: {e}") from e
 
   def restore_latest(self, state: Any,
                      data_iterator: grain.DatasetIterator | None = None) -> Any | None:

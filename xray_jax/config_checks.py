@@ -13,7 +13,6 @@ def _require(ok: bool, key: str, value, expected: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
-  _require(data.source == "folder", "data.source", data.source, "'folder'")
   _require(bool(data.dir), "data.dir", data.dir, "the dataset root folder")
   _require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
   _require(data.std > 0, "data.std", data.std, "a positive number")
@@ -41,6 +40,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
   _require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
            training.num_epochs, "> 0 (or training.num_train_steps > 0)")
+  check_evaluation_config(config.evaluation)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     _require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],
              "a positive integer, or -1 for once per epoch")
+
+
+def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for a bad `config.evaluation` value."""
+  _require(evaluation.threshold_method in ("youden", "sensitivity"),
+           "evaluation.threshold_method", evaluation.threshold_method, "youden or sensitivity")
+  _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
+           evaluation.target_sensitivity, "a value in (0, 1]")
+  _require(evaluation.calibration_bins >= 1, "evaluation.calibration_bins",
+           evaluation.calibration_bins, "a positive integer")

@@ -1,5 +1,11 @@
-"""Sharded inference over a split and the validation metrics computed from it."""
+"""Evaluation: sharded inference over a split, and the checkpoint-evaluation job
+(reports, predictions, figures, operating threshold, watching a training run)."""
 
+import csv
+import io
+import json
+import pathlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -7,9 +13,20 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-from xray_jax import input_pipeline, metrics, sharding
+from xray_jax import (
+  checkpointing,
+  errors,
+  input_pipeline,
+  metrics,
+  optimizers,
+  plots,
+  sharding,
+  trained,
+)
+from xray_jax.data import datasets
 from xray_jax.data.folder import Record
 
 
@@ -48,3 +65,163 @@ class Evaluator:
     """Accuracy, loss and ROC AUC of a train state on the records."""
     probs, labels = self.predict({"params": state.params, "batch_stats": state.batch_stats})
     return metrics.summarize(probs, labels)
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+  """Readers (a watching job, a user) never see a half-written file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
+  return workdir / trained.EVAL_DIR / f"{split}_step{step}.json"
+
+
+def _split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
+  splits = datasets.load_splits(data_config, run.workdir, save=False)
+  if splits.class_names != run.class_names:
+    raise errors.DataError(
+        f"{data_config.dir}: classes {splits.class_names} differ from the run's "
+        f"{run.class_names}")
+  records = {"val": splits.val, "test": splits.test}[split]
+  if not records:
+    raise errors.DataError(f"{data_config.dir}: no {split}/{{CLASS}}/ images to evaluate")
+  return records
+
+
+def _write_predictions(path: pathlib.Path, records, probs, labels, class_names) -> None:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(["path", "label", *(f"prob_{name}" for name in class_names)])
+  for record, label, row in zip(records, labels, probs, strict=True):
+    writer.writerow([record["path"], class_names[label], *(f"{p:.6f}" for p in row)])
+  _write_atomically(path, buffer.getvalue())
+
+
+def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bins) -> None:
+  title = f"{prefix.name.replace('_', ' ')}"
+  positives = [1] if len(class_names) == 2 else range(len(class_names))
+  suffix = lambda c: "" if len(class_names) == 2 else f"_{class_names[c]}"
+  for c in positives:
+    plots.plot_roc(labels == c, probs[:, c], f"{prefix}_roc{suffix(c)}.png",
+                   f"ROC, {class_names[c]}: {title}")
+    plots.plot_precision_recall(labels == c, probs[:, c], f"{prefix}_pr{suffix(c)}.png",
+                                f"Precision-recall, {class_names[c]}: {title}")
+  chosen = report.get("at_operating_point") or report["at_0.5"]
+  threshold = chosen.get("positive_class", {}).get("threshold")
+  plots.plot_confusion_matrix(
+      np.array(chosen["confusion_matrix"]), list(class_names), f"{prefix}_confusion.png",
+      f"{title}" + (f", threshold {threshold:.3f}" if threshold is not None else ""))
+  plots.plot_reliability(probs, labels, f"{prefix}_reliability.png", title, bins)
+
+
+def _log_summary(split: str, step: int, report: dict) -> None:
+  for name, block in (("0.5", report["at_0.5"]), ("operating point",
+                                                   report.get("at_operating_point"))):
+    if block is None:
+      continue
+    positive = block.get("positive_class") or block["macro"]
+    logging.info(
+        "%s step %d (%s): accuracy %.4f, sensitivity %.4f, specificity %.4f, precision "
+        "%.4f, F1 %.4f, ROC AUC %s, n=%d", split, step,
+        name if "threshold" not in positive else f"threshold {positive['threshold']:.3f}",
+        block["accuracy"], positive["recall"], positive["specificity"], positive["precision"],
+        positive["f1"], "n/a" if positive["roc_auc"] is None else f"{positive['roc_auc']:.4f}",
+        block["num_examples"])
+
+
+def evaluate_checkpoint(
+    workdir: str | pathlib.Path, split: str, checkpoint: str | int,
+    evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
+  """Evaluates one checkpoint of a run on `split` ("val" or "test"); writes the report,
+  predictions and figures to WORKDIR/eval/ and returns the report.
+
+  For two classes the decision threshold is chosen on validation (and saved); a test
+  report gives metrics at 0.5 and at that threshold.
+  """
+  mesh = mesh or sharding.make_mesh()
+  run = trained.load(workdir, checkpoint, mesh)
+  data_config = ml_collections.ConfigDict(run.config.data.to_dict())
+  if data_dir:
+    data_config.dir = data_dir
+  records = _split_records(run, data_config, split)
+  evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
+                        mesh)
+  probs, labels = evaluator.predict(run.variables)
+  names = list(run.class_names)
+  report = {"split": split, "step": run.step, "workdir": str(run.workdir),
+            "data_dir": data_config.dir,
+            "at_0.5": metrics.classification_report(probs, labels, names)}
+  if len(names) == 2:
+    point_path = trained.operating_point_path(run.workdir, run.step)
+    if split == "val":
+      point = {"step": run.step, "method": evaluation_config.threshold_method,
+               "target_sensitivity": evaluation_config.target_sensitivity,
+               "threshold": metrics.choose_threshold(
+                   labels == 1, probs[:, 1], evaluation_config.threshold_method,
+                   evaluation_config.target_sensitivity)}
+      if jax.process_index() == 0:
+        _write_atomically(point_path, json.dumps(point, indent=1))
+    else:
+      if not point_path.is_file():
+        evaluate_checkpoint(workdir, "val", run.step, evaluation_config, data_dir, mesh)
+      point = json.loads(point_path.read_text())
+    report["operating_point"] = point
+    report["at_operating_point"] = metrics.classification_report(
+        probs, labels, names, threshold=point["threshold"])
+  if jax.process_index() == 0:
+    prefix = run.workdir / trained.EVAL_DIR / f"{split}_step{run.step}"
+    _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
+                       labels, names)
+    _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
+    _write_atomically(report_path(run.workdir, split, run.step), json.dumps(report, indent=1))
+  _log_summary(split, run.step, report)
+  return report
+
+
+def watch(
+    workdir: str | pathlib.Path, split: str, evaluation_config: ml_collections.ConfigDict,
+    data_dir: str | None = None, poll_seconds: float = 30.0, timeout_seconds: float = 3600.0,
+) -> list[int]:
+  """Evaluates every finished checkpoint of a (running) training job exactly once, until
+  the checkpoint of its final step is done; returns the steps evaluated by this call.
+
+  Steps whose report already exists are skipped, so a restarted watcher resumes.
+  Stops with an error after `timeout_seconds` without a new checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  config = trained.load_config(workdir)
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.dir = data_dir or data_config.dir
+  num_train = len(datasets.load_splits(data_config, workdir, save=False).train)
+  _, final_step = optimizers.schedule_length(config.training, num_train)
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
+  mesh = sharding.make_mesh()
+  evaluated, last_progress = [], time.monotonic()
+  try:
+    while not report_path(workdir, split, final_step).exists():
+      checkpointer.reload()
+      todo = [s for s in checkpointer.all_steps()
+              if not report_path(workdir, split, s).exists()]
+      for step in todo:
+        try:
+          evaluate_checkpoint(workdir, split, step, evaluation_config, data_dir, mesh)
+        except errors.CheckpointError as e:  # Deleted by the trainer's retention meanwhile.
+          logging.warning("skipping step %d: %s", step, e)
+          continue
+        evaluated.append(step)
+        last_progress = time.monotonic()
+      if report_path(workdir, split, final_step).exists():
+        break
+      if time.monotonic() - last_progress > timeout_seconds:
+        raise errors.CheckpointError(
+            f"{workdir}: no new checkpoint for {timeout_seconds:.0f} s; the final step "
+            f"{final_step} was not reached")
+      time.sleep(poll_seconds)
+  finally:
+    checkpointer.close()
+  return evaluated

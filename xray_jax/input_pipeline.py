@@ -29,10 +29,14 @@ class Preprocess:
     image = images.load_image(record["path"], self.image_size)
     if augment_config is not None:
       image = augment.augment_image(image, augment_config, rng)
+    return {"image": self.normalize(image), "label": np.int32(record["label"])}
+
+  def normalize(self, image: np.ndarray) -> np.ndarray:
+    """A gray [S, S] image in [0, 1] -> normalized float32 [S, S, C]."""
     image = ((image - self.mean) / self.std)[..., None]
     if not self.grayscale:
       image = np.repeat(image, 3, axis=-1)
-    return {"image": image.astype(np.float32), "label": np.int32(record["label"])}
+    return image.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

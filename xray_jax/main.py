@@ -6,14 +6,13 @@ r"""Trains an X-ray classifier.
 Running the same command again resumes from the last checkpoint in the workdir.
 """
 
-import logging as py_logging
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xray_jax import errors, train
+from xray_jax import errors, logs, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
@@ -21,18 +20,10 @@ config_flags.DEFINE_config_file("config", None, "Training config file.", lock_co
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_library_logs() -> None:
-  """Orbax and grain log every save and read at INFO; keep only their warnings."""
-  noisy = ("/orbax/", "/grain/")
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= py_logging.WARNING
-      or not any(part in record.pathname for part in noisy))
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _quiet_library_logs()
+  logs.quiet_library_logs()
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -1,10 +1,25 @@
 """Learning-rate schedules and optax optimizers from `config.optimizer`."""
 
+import math
+
 import jax
 import ml_collections
 import optax
 
 from xray_jax import errors
+
+
+def schedule_length(
+    training: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a run over `num_train_examples` images."""
+  steps_per_epoch = num_train_examples // training.global_batch_size
+  if steps_per_epoch == 0:
+    raise errors.ConfigError(
+        f"config.training.global_batch_size={training.global_batch_size} is larger than the "
+        f"{num_train_examples} training images")
+  total_steps = (training.num_train_steps if training.num_train_steps > 0
+                 else math.ceil(training.num_epochs * steps_per_epoch))
+  return steps_per_epoch, total_steps
 
 
 def create_learning_rate_schedule(

@@ -3,7 +3,6 @@ checkpoints, periodic validation and metrics."""
 
 import functools
 import json
-import math
 import pathlib
 import time
 from typing import Any
@@ -122,13 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   splits = datasets.load_splits(config.data, workdir, save=is_chief)
   num_classes = len(splits.class_names)
-  steps_per_epoch = len(splits.train) // training.global_batch_size
-  if steps_per_epoch == 0:
-    raise errors.ConfigError(
-        f"config.training.global_batch_size={training.global_batch_size} is larger than the "
-        f"{len(splits.train)} training images")
-  total_steps = (training.num_train_steps if training.num_train_steps > 0
-                 else math.ceil(training.num_epochs * steps_per_epoch))
+  steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   eval_every = _every(training.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
   if is_chief:

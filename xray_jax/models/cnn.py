@@ -6,6 +6,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from xray_jax.models import common
+
 
 class ClassicCNN(nn.Module):
   """Conv blocks (each: `convs_per_block` x [conv, BN, ReLU], then 2x2 max-pool), pooling,
@@ -23,12 +25,14 @@ class ClassicCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.astype(self.dtype)
-    for width in self.widths:
+    for block, width in enumerate(self.widths):
       for _ in range(self.convs_per_block):
         x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
         x = nn.relu(x)
+      if block == len(self.widths) - 1:
+        x = common.expose_features(self, x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     if self.pooling == "avg":
       x = jnp.mean(x, axis=(1, 2))

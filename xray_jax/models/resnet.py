@@ -7,6 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from xray_jax.models import common
+
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
@@ -69,6 +71,7 @@ class ResNet(nn.Module):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         x = self.block(self.width * 2**stage, strides, norm=norm, dtype=self.dtype)(x)
+    x = common.expose_features(self, x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

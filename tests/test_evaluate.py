@@ -1,0 +1,114 @@
+"""The checkpoint-evaluation job: reports, figures, operating point and --watch."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import ml_collections
+import numpy as np
+import PIL.Image
+import pytest
+import sklearn.metrics
+from conftest import REPO_ROOT
+
+from xray_jax import errors, evaluation, trained
+
+pytestmark = pytest.mark.slow
+
+
+def evaluation_config(method="youden") -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      threshold_method=method, target_sensitivity=0.9, calibration_bins=5))
+
+
+def test_test_split_report_uses_the_validation_threshold(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  report = evaluation.evaluate_checkpoint(workdir, "test", "latest", evaluation_config())
+  assert report["step"] == 6 and report["split"] == "test"
+  # Choosing the threshold needed validation predictions: that report exists too.
+  val = json.loads(evaluation.report_path(workdir, "val", 6).read_text())
+  point = json.loads(trained.operating_point_path(workdir, 6).read_text())
+  assert point["method"] == "youden" and val["operating_point"] == point
+  assert report["operating_point"] == point
+
+  rows = list(csv.DictReader((workdir / "eval" / "test_step6_predictions.csv").open()))
+  assert len(rows) == 12 == report["at_0.5"]["num_examples"]
+  probs = np.array([[float(r["prob_NORMAL"]), float(r["prob_PNEUMONIA"])] for r in rows])
+  labels = np.array([r["label"] == "PNEUMONIA" for r in rows])
+  positive = report["at_0.5"]["positive_class"]
+  assert positive["roc_auc"] == pytest.approx(sklearn.metrics.roc_auc_score(labels, probs[:, 1]))
+  at_point = report["at_operating_point"]["positive_class"]
+  predicted = probs[:, 1] >= point["threshold"]
+  assert at_point["recall"] == pytest.approx(sklearn.metrics.recall_score(labels, predicted))
+  assert at_point["threshold"] == point["threshold"]
+  for name in ("roc", "pr", "confusion", "reliability"):
+    with PIL.Image.open(workdir / "eval" / f"test_step6_{name}.png") as image:
+      assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_best_and_numbered_checkpoints_and_errors(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  report = evaluation.evaluate_checkpoint(workdir, "val", 2, evaluation_config("sensitivity"))
+  assert report["step"] == 2
+  assert report["at_operating_point"]["positive_class"]["recall"] >= 0.9
+  metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  best = max((m for m in metrics if "val/auc" in m), key=lambda m: (m["val/auc"], m["step"]))
+  assert trained.load(workdir, "best").step == best["step"]
+  with pytest.raises(errors.CheckpointError, match="checkpoint '3'"):
+    trained.load(workdir, 3)
+  with pytest.raises(errors.DataError, match="config.json: missing"):
+    trained.load(tmp_path / "empty")
+
+
+def test_watch_evaluates_each_checkpoint_once(trained_workdir, tmp_path, monkeypatch):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  final = tmp_path / "final"  # Step 6 is not written yet when the watcher starts.
+  (workdir / "checkpoints" / "6").rename(final)
+  calls = []
+  original = evaluation.evaluate_checkpoint
+
+  def counting(workdir_, split, step, *args):
+    calls.append(step)
+    return original(workdir_, split, step, *args)
+
+  monkeypatch.setattr(evaluation, "evaluate_checkpoint", counting)
+  done = []
+  watcher = threading.Thread(target=lambda: done.extend(
+      evaluation.watch(workdir, "val", evaluation_config(), poll_seconds=0.05,
+                       timeout_seconds=120)))
+  watcher.start()
+  deadline = time.monotonic() + 300
+  while calls != [2, 4] or not evaluation.report_path(workdir, "val", 4).exists():
+    assert time.monotonic() < deadline and watcher.is_alive()
+    time.sleep(0.05)
+  # The trainer finishes its last checkpoint: Orbax writes a temporary folder, then renames.
+  shutil.copytree(final, workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1")
+  time.sleep(0.3)
+  (workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1").rename(workdir / "checkpoints" / "6")
+  watcher.join(timeout=300)
+  assert not watcher.is_alive()
+  assert done == calls == [2, 4, 6]
+  # A restarted watcher finds every report and does nothing.
+  assert evaluation.watch(workdir, "val", evaluation_config()) == []
+  assert calls == [2, 4, 6]
+
+
+def test_evaluate_binary(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  result = subprocess.run(
+      [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", "--split=test",
+       "--checkpoint=4", "--config=configs/pneumonia.py", "--alsologtostderr"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "test step 4 (threshold 0.500): accuracy" in result.stderr
+  assert json.loads((workdir / "eval" / "test_step4.json").read_text())["step"] == 4

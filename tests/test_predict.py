@@ -1,0 +1,96 @@
+"""Inference on new files and arrays: xray_jax.predict."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+from conftest import REPO_ROOT, write_image
+
+from xray_jax import evaluation, input_pipeline, predict, sharding, trained
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def new_images(tmp_path):
+  rng = np.random.default_rng(5)
+  folder = tmp_path / "incoming"
+  write_image(folder / "a.png", 0, rng)
+  write_image(folder / "nested" / "b.jpeg", 1, rng)
+  write_image(tmp_path / "c.jpg", 1, rng)
+  (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+  return folder, tmp_path / "c.jpg"
+
+
+def test_classifier_matches_the_evaluation_pipeline(trained_workdir, new_images):
+  folder, single = new_images
+  classifier = predict.load(trained_workdir)
+  paths, failures = predict.find_images([str(folder), str(single), str(folder / "gone.png")])
+  assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.png", "b.jpeg", "broken.png",
+                                                        "c.jpg"]
+  assert list(failures) == [str(folder / "gone.png")]
+  predictions, unreadable = predict.classify_files(classifier, paths)
+  assert list(unreadable) == [str(folder / "broken.png")]
+  assert "broken.png: cannot read image" in unreadable[str(folder / "broken.png")]
+  assert len(predictions) == 3
+  for p in predictions:
+    assert p.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+  # The same probabilities as evaluation's pipeline gives for these files.
+  run = classifier.run
+  records = [{"path": p.path, "label": 0} for p in predictions]
+  probs, _ = evaluation.Evaluator(run.model, records, run.config.data, 8,
+                                  sharding.make_mesh()).predict(run.variables)
+  np.testing.assert_allclose(np.stack([p.probabilities for p in predictions]), probs,
+                             rtol=1e-5, atol=1e-6)
+
+  # Arrays: uint8 gray images of any size are resized like files.
+  pixels = [np.asarray(PIL.Image.open(p.path).convert("L")) for p in predictions]
+  np.testing.assert_allclose(classifier(pixels), probs, atol=0.05)
+  preprocess = input_pipeline.Preprocess.from_config(run.config.data)
+  assert classifier.model_input(pixels[0]).shape == (preprocess.image_size,) * 2 + (1,)
+
+
+def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_path):
+  folder, single = new_images
+  output = tmp_path / "out" / "preds.json"
+  saliency = tmp_path / "out" / "saliency"
+  command = [sys.executable, "-m", "xray_jax.predict", f"--workdir={trained_workdir}",
+             f"--output={output}", f"--saliency_dir={saliency}", str(folder), str(single)]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+  assert result.returncode == 1  # One file could not be read ...
+  assert "failed: " in result.stderr and "broken.png: cannot read image" in result.stderr
+  rows = json.loads(output.read_text())  # ... the others are classified.
+  assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == ["a.png", "b.jpeg", "c.jpg"]
+  assert {"predicted", "prob_NORMAL", "prob_PNEUMONIA", "above_threshold"} <= set(rows[0])
+  assert "P(PNEUMONIA)" in result.stdout
+  overlays = sorted(p.name for p in saliency.iterdir())
+  assert overlays == ["a_gradcam.png", "b_gradcam.png", "c_gradcam.png"]
+  with PIL.Image.open(saliency / "a_gradcam.png") as image:
+    assert image.mode == "RGB"
+
+  again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                         env=env)
+  assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr
+  assert json.loads(output.read_text()) == rows  # Untouched.
+
+
+def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):
+  run = trained.load(trained_workdir)
+  point = trained.operating_point_path(trained_workdir, run.step)
+  assert not point.exists()
+  point.parent.mkdir(exist_ok=True)
+  point.write_text(json.dumps({"threshold": 0.0}))
+  try:
+    classifier = predict.Classifier(run)
+    assert classifier.threshold == 0.0
+    prediction = predict.Prediction("x.png", np.array([0.9, 0.1]), run.class_names, 0.0)
+    assert prediction.above_threshold is True and prediction.predicted == "NORMAL"
+  finally:
+    point.unlink()

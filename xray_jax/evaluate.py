@@ -1,0 +1,62 @@
+r"""Evaluates checkpoints of a training run, as a separate job.
+
+  python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
+      [--split=val|test] [--checkpoint=best|latest|STEP] [--watch]
+
+The model and preprocessing come from the run's saved config.json; --config, if given, only
+supplies the `evaluation` section (operating-point method, calibration bins). Reports,
+predictions and figures go to WORKDIR/eval/.
+"""
+
+import pathlib
+import sys
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from xray_jax import config_checks, errors, evaluation, logs, trained
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of the training run.")
+config_flags.DEFINE_config_file(
+    "config", None, "Optional config file; only its `evaluation` section is used.",
+    lock_config=True)
+flags.DEFINE_enum("split", "val", ["val", "test"], "Split to evaluate.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
+flags.DEFINE_string("data_dir", None, "Read the images from here instead of the saved "
+                    "config's data.dir (same layout).")
+flags.DEFINE_bool("watch", False, "Evaluate every new checkpoint until the final step.")
+flags.DEFINE_float("poll_seconds", 30.0, "--watch: seconds between looks at the workdir.")
+flags.DEFINE_float("timeout_seconds", 3600.0,
+                   "--watch: give up after this long without a new checkpoint.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _evaluation_config(workdir) -> ml_collections.ConfigDict:
+  """The `evaluation` section: from --config if given, else from the run's config.json."""
+  config = FLAGS.config if FLAGS.config is not None else trained.load_config(workdir)
+  if "evaluation" not in config:
+    raise errors.ConfigError("config.evaluation is missing: pass --config=<config file>")
+  config_checks.check_evaluation_config(config.evaluation)
+  return config.evaluation
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.quiet_library_logs()
+  try:
+    evaluation_config = _evaluation_config(pathlib.Path(FLAGS.workdir))
+    if FLAGS.watch:
+      evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
+                       FLAGS.poll_seconds, FLAGS.timeout_seconds)
+    else:
+      evaluation.evaluate_checkpoint(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
+                                     evaluation_config, FLAGS.data_dir)
+  except errors.XrayError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

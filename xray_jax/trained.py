@@ -1,0 +1,99 @@
+"""A trained run read back from its workdir: config, class names and model variables."""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from xray_jax import checkpointing, errors, models, sharding
+
+EVAL_DIR = "eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """What inference needs from a training workdir."""
+
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict  # As saved by the trainer, not as the file reads now.
+  class_names: tuple[str, ...]
+  model: nn.Module
+  step: int
+  variables: dict[str, Any]  # params and batch_stats, replicated over the mesh.
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    size = self.config.data.image_size
+    return (size, size, 1 if self.config.data.grayscale else 3)
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a run was trained with (WORKDIR/config.json)."""
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise errors.DataError(f"{path}: missing; is {workdir} a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_class_names(workdir: pathlib.Path) -> tuple[str, ...]:
+  path = workdir / "classes.json"
+  if not path.is_file():
+    raise errors.DataError(f"{path}: missing; is {workdir} a training workdir?")
+  return tuple(json.loads(path.read_text()))
+
+
+def resolve_step(checkpointer: checkpointing.Checkpointer, checkpoint: str | int) -> int:
+  """The step named by `checkpoint`: "latest", "best" or a step number."""
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise errors.CheckpointError("no finished checkpoint in the workdir yet")
+  if checkpoint == "latest":
+    return checkpointer.latest_step()
+  if checkpoint == "best":
+    return checkpointer.best_step()
+  if str(checkpoint).isdigit() and int(checkpoint) in steps:
+    return int(checkpoint)
+  raise errors.CheckpointError(
+      f"checkpoint {checkpoint!r}: expected latest, best or one of the steps {steps}")
+
+
+def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
+         mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
+  """Rebuilds the model from the run's saved config and restores its variables only."""
+  workdir = pathlib.Path(workdir).expanduser()
+  config = load_config(workdir)
+  class_names = load_class_names(workdir)
+  model = models.create_model(config.model, len(class_names))
+  mesh = mesh or sharding.make_mesh()
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
+  try:
+    step = resolve_step(checkpointer, checkpoint)
+    size = config.data.image_size
+    shape = (1, size, size, 1 if config.data.grayscale else 3)
+    replicated = sharding.replicated(mesh)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+    abstract = {
+        name: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+            abstract[name])
+        for name in ("params", "batch_stats") if name in abstract}
+    variables = checkpointer.restore_variables(step, abstract)
+  finally:
+    checkpointer.close()
+  return TrainedRun(workdir, config, class_names, model, step, dict(variables))
+
+
+def operating_point_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+  """Where the decision threshold chosen on validation for `step` is kept."""
+  return workdir / EVAL_DIR / f"operating_point_step{step}.json"
+
+
+def load_threshold(run: TrainedRun) -> float | None:
+  """The run's saved decision threshold for its step, if evaluation has chosen one."""
+  path = operating_point_path(run.workdir, run.step)
+  return json.loads(path.read_text())["threshold"] if path.is_file() else None
