@@ -61,7 +61,7 @@ def test_best_and_numbered_checkpoints_and_errors(trained_workdir, tmp_path):
   metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
   best = max((m for m in metrics if "val/auc" in m), key=lambda m: (m["val/auc"], m["step"]))
   assert trained.load(workdir, "best").step == best["step"]
-  with pytest.raises(errors.CheckpointError, match="checkpoint '3'"):
+  with pytest.raises(errors.CheckpointError, match="checkpoint 3: expected latest, best"):
     trained.load(workdir, 3)
   with pytest.raises(errors.DataError, match="config.json: missing"):
     trained.load(tmp_path / "empty")

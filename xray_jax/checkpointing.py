@@ -33,7 +33,8 @@ class Checkpointer:
         directory.absolute(), item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
             best_fn=_best_metric, best_mode="max", preservation_policy=policy,
-            create=not read_only, read_only=read_only))
+            create=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1))
 
   def all_steps(self) -> list[int]:
     """Steps of the finalized checkpoints, as of the last `reload`."""
