@@ -198,3 +198,19 @@ def test_three_channel_input_replicates_gray(dataset_dir):
       data_config(dataset_dir, grayscale=False))(records[0])
   assert example["image"].shape == (16, 16, 3)
   np.testing.assert_array_equal(example["image"][..., 0], example["image"][..., 2])
+
+
+def test_worker_processes_give_the_same_batches_and_resume(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"]
+  in_process = _take(input_pipeline.create_train_dataset(
+      records, data_config(dataset_dir), 8, seed=0), 5)
+  config = data_config(dataset_dir, num_workers=2)
+  iterator = iter(input_pipeline.create_train_dataset(records, config, 8, seed=0))
+  first = [next(iterator) for _ in range(3)]
+  state = iterator.get_state()
+  resumed = iter(input_pipeline.create_train_dataset(records, config, 8, seed=0))
+  resumed.set_state(state)
+  rest = [next(resumed) for _ in range(2)]
+  for expected, actual in zip(in_process, first + rest, strict=True):
+    np.testing.assert_array_equal(expected["image"], actual["image"])
+    np.testing.assert_array_equal(expected["label"], actual["label"])
