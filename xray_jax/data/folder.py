@@ -1,11 +1,11 @@
-"""The public folder layout: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png}."""
+"""The public folder layout: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}."""
 
 import dataclasses
 import pathlib
 
 from xray_jax import errors
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm")
 
 # One labelled image; grain sources hold these as plain dicts.
 Record = dict
