@@ -3,6 +3,9 @@ r"""Pneumonia vs normal on chest X-rays (Kermany et al. 2018 layout).
   python -m xray_jax.main --config=configs/pneumonia.py --workdir=/tmp/xray/run1 \
       --config.data.dir=/path/to/chest_xray
 
+Without --config.data.dir (and no data/chest_xray/train here), the public dataset is
+downloaded and prepared with TFDS on first use (data.source="auto").
+
 Config args (after a colon, comma separated):
   runlocal       a one-minute smoke run of this config (tiny model, few steps).
   model=NAME     cnn (default), resnet18, resnet34 or resnet50.
@@ -49,14 +52,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # Seeds parameter init, dropout and the data order.
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "folder"  # ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png}.
+  # folder: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}, or dicom_csv, npz, tfds (below);
+  # auto: folder when data.dir holds train/, else tfds (downloaded and prepared on first use).
+  config.data.source = "auto"
   config.data.dir = "data/chest_xray"  # ROOT of the folder layout.
+  config.data.label_rules = ""  # Empty: classes are the folder names. Else labels from paths,
+  # "CLASS=SUBSTRING,...": the first class whose substring is in the path (see pneumonia_3class).
   config.data.image_size = arg.res  # Images are resized to image_size x image_size.
   config.data.grayscale = True  # One channel; false replicates the gray image to three.
   config.data.mean = 0.5  # Normalization: (pixel in [0, 1] - mean) / std.
   config.data.std = 0.25
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
+  config.data.dicom_multiframe = "first"  # Multi-frame .dcm: use the first frame, or "error".
+  # source=dicom_csv (RSNA Pneumonia Challenge layout): DIR/dicom_subdir/<id>.dcm, labelled by
+  # a CSV with one or more rows per id; an id takes the highest label of its rows.
+  config.data.labels_csv = "stage_2_train_labels.csv"  # Relative to data.dir unless absolute.
+  config.data.dicom_subdir = "stage_2_train_images"  # Folder of <id>.dcm under data.dir.
+  config.data.id_column = "patientId"  # CSV column with the image's file name, less .dcm.
+  config.data.label_column = "Target"  # CSV column with the integer label.
+  config.data.class_names = "NORMAL,PNEUMONIA"  # Names of labels 0, 1, ...
+  # source=npz: MedMNIST-style {train,val,test}_{images,labels} arrays, named by class_names.
+  config.data.npz_path = "data/pneumoniamnist.npz"  # A local path, or a URL to download.
+  # source=tfds: a builder of xray_jax.data.tfds_builders, prepared once (ArrayRecord files).
+  config.data.tfds_name = "chest_xray_pneumonia"  # Or pneumonia_mnist/{28,64,128,224}.
+  config.data.tfds_data_dir = ""  # Prepared datasets; empty: TFDS's ~/tensorflow_datasets.
+  # chest_xray_pneumonia is prepared from data.dir when it holds train/, else downloaded.
+  config.data.download_dir = "data/downloads"  # Downloads, resumed and kept for reuse.
+  config.data.mirror_url = ""  # Folder or URL holding the same file names, tried first.
+  config.data.download_url = ""  # Replaces the TFDS builder's archive URL.
+  config.data.checksum = ""  # md5:HEX or sha256:HEX of npz_path or that archive.
   config.data.num_workers = 4  # grain worker processes for decoding; 0 decodes in-process.
   config.data.read_threads = 2  # Threads that assemble batches in the main process.
   config.data.prefetch = 4  # Batches prepared ahead of the train step.

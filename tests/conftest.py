@@ -11,6 +11,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
+import pydicom  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -43,6 +44,48 @@ def make_dataset(root: pathlib.Path, per_class: int = 24, classes=("NORMAL", "PN
 @pytest.fixture
 def dataset_dir(tmp_path: pathlib.Path) -> pathlib.Path:
   return make_dataset(tmp_path / "data")
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 0,
+               **tags) -> pydicom.Dataset:
+  """A digital X-ray dataset holding `pixels` ([H, W], [frames, H, W] or [H, W, 3]) and `tags`.
+
+  It names a patient, whom read_dicom's messages must never mention.
+  """
+  ds = pydicom.Dataset()
+  ds.file_meta = pydicom.dataset.FileMetaDataset()
+  ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+  ds.PatientName, ds.PatientID = "Doe^Jane", "PID-4711"
+  ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+  for keyword, value in tags.items():
+    setattr(ds, keyword, value)
+  return ds
+
+
+def write_dicom(path: pathlib.Path, ds: pydicom.Dataset) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ds.save_as(path, enforce_file_format=True)
+  return path
+
+
+def write_npz(path: pathlib.Path, per_class: int = 10, size: int = 28, val: bool = True,
+              seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """A PneumoniaMNIST-like file (uint8 [N, size, size], labels [N, 1]); returns its arrays.
+
+  Class 1 images have a bright right half, so a tiny model can learn them.
+  """
+  rng = np.random.default_rng(seed)
+  found = {}
+  for split in ("train", "val", "test") if val else ("train", "test"):
+    labels = np.repeat([0, 1], per_class)
+    images = rng.integers(0, 80, size=(len(labels), size, size), dtype=np.uint8)
+    images[labels == 1, :, size // 2:] += 150
+    found[split] = (images, labels)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, **{f"{split}_{kind}": array[:, None] if kind == "labels" else array
+                    for split, pair in found.items()
+                    for kind, array in zip(("images", "labels"), pair, strict=True)})
+  return found
 
 
 def load_config_module(path: pathlib.Path):

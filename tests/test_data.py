@@ -13,7 +13,8 @@ from xray_jax.data import augment, datasets, folder, images, splits
 
 def data_config(root, **overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
-      source="folder", dir=str(root), image_size=16, grayscale=True, mean=0.5, std=0.25,
+      source="folder", dir=str(root), label_rules="", image_size=16, grayscale=True,
+      mean=0.5, std=0.25, dicom_multiframe="first",
       val_fraction=0.25, split_seed=0, num_workers=0, read_threads=1, prefetch=2,
       augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
                    translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1)))

@@ -48,7 +48,10 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.data.dir={missing}", "error: {missing}/train: not a directory"),
+    ("--config.data.source=folder --config.data.dir={missing}",
+     "error: {missing}/train: not a directory"),
+    ("--config.data.dir={missing} --config.data.download_dir={missing}_downloads",
+     "error: cannot fetch ChestXRay2017.zip"),  # source=auto: no folder, so it downloads.
     ("--config.model.name=vgg", "error: config.model.name='vgg' is not a model"),
     ("--config.optimizer.name=rmsprop", "error: config.optimizer.name='rmsprop'"),
 ])
@@ -56,7 +59,11 @@ def test_main_reports_bad_input_in_one_line(dataset_dir, tmp_path, override, mes
   missing = tmp_path / "missing"
   result = run_main("--config=configs/pneumonia.py:runlocal", f"--workdir={tmp_path / 'w'}",
                     f"--config.data.dir={dataset_dir}", *TINY,
-                    override.format(missing=missing))
+                    *override.format(missing=missing).split())
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith(message.format(missing=missing))
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith(message.format(missing=missing))
+  if "download_dir" in override:  # Says where to put the archive or the folder layout.
+    assert f"put ChestXRay2017.zip at {missing}_downloads" in last_line
+    assert str(missing) in last_line
   assert "Traceback" not in result.stderr

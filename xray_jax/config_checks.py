@@ -3,6 +3,7 @@
 import ml_collections
 
 from xray_jax import errors
+from xray_jax.data import dicom, download, tfds_builders
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -18,6 +19,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(data.std > 0, "data.std", data.std, "a positive number")
   _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
            "a fraction in (0, 1)")
+  _require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
+           data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
+  algorithm, _, digest = data.checksum.partition(":")
+  _require(not data.checksum or (algorithm in download.ALGORITHMS and bool(digest)),
+           "data.checksum", data.checksum, "empty, md5:HEX or sha256:HEX")
+  if data.source == "npz":
+    _require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
+  if data.source in ("tfds", "auto"):
+    _require(data.tfds_name.split("/")[0] in tfds_builders.BUILDERS, "data.tfds_name",
+             data.tfds_name, f"one of {', '.join(tfds_builders.BUILDERS)} (NAME/CONFIG)")
   for key in ("num_workers", "read_threads", "prefetch"):
     _require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
              "a non-negative integer" if key == "num_workers" else "a positive integer")

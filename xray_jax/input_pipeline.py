@@ -19,14 +19,18 @@ class Preprocess:
   grayscale: bool
   mean: float
   std: float
+  dicom_multiframe: str = "first"
 
   @classmethod
   def from_config(cls, data_config: ml_collections.ConfigDict) -> "Preprocess":
     return cls(data_config.image_size, data_config.grayscale, data_config.mean,
-               data_config.std)
+               data_config.std, data_config.dicom_multiframe)
 
   def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
-    image = images.load_image(record["path"], self.image_size)
+    if "image" in record:  # npz and TFDS records carry their pixels (or a lazy TfdsImage).
+      image = images.load_array(np.asarray(record["image"]), self.image_size)
+    else:
+      image = images.load_image(record["path"], self.image_size, self.dicom_multiframe)
     if augment_config is not None:
       image = augment.augment_image(image, augment_config, rng)
     return {"image": self.normalize(image), "label": np.int32(record["label"])}

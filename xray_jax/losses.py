@@ -20,7 +20,7 @@ def cross_entropy(
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
   losses = optax.softmax_cross_entropy(logits, targets)
   mask = jnp.ones_like(losses) if mask is None else mask
-  weights = mask if class_weights is None else mask * class_weights[labels]
+  weights = mask if class_weights is None else mask * jnp.asarray(class_weights)[labels]
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(mask), 1.0)
 
 

@@ -1,41 +1,52 @@
 """The train / validation / test records of the dataset named by `config.data.source`."""
 
-import dataclasses
 import pathlib
 from collections.abc import Callable
 
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import folder, splits
-from xray_jax.data.folder import Record
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-  class_names: tuple[str, ...]
-  train: list[Record]
-  val: list[Record]
-  test: list[Record]  # Empty when the dataset has no test split.
+from xray_jax.data import dicom_csv, folder, label_rules, npz, splits, tfds_builders
+from xray_jax.data.splits import Splits
 
 
 def load_folder_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
 ) -> Splits:
-  """The folder layout; without a val/ folder, validation is carved from train and the
-  choice saved in (or read back from) `workdir`."""
+  """The folder layout, labelled by class folder or by `data.label_rules`; without a val/
+  folder, validation is carved from train and the choice saved in (or read back from)
+  `workdir`."""
   dataset = folder.load_folder_dataset(data_config.dir)
-  train = dataset.splits["train"]
-  val = dataset.splits.get("val")
-  if val is None:
-    train, val = splits.split_train_val(
-        train, dataset.root, data_config.val_fraction, data_config.split_seed, workdir, save)
-  return Splits(dataset.class_names, train, val, dataset.splits.get("test", []))
+  class_names, found = dataset.class_names, dict(dataset.splits)
+  if data_config.label_rules:
+    rules = label_rules.parse_label_rules(data_config.label_rules)
+    class_names = tuple(dict.fromkeys(name for name, _ in rules))
+    found = {split: label_rules.apply_label_rules(records, rules, dataset.root)
+             for split, records in found.items()}
+  return splits.make_splits(class_names, found, dataset.root, data_config, workdir, save)
+
+
+def load_auto_splits(
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+) -> Splits:
+  """The folder layout in `data.dir` when it is there (read in place), else the TFDS dataset
+  (downloaded and prepared on first use).
+
+  Both name chest_xray_pneumonia images by their path under the layout's root, so a saved
+  validation split means the same images either way.
+  """
+  if (pathlib.Path(data_config.dir).expanduser() / "train").is_dir():
+    return load_folder_splits(data_config, workdir, save)
+  return tfds_builders.load_tfds_splits(data_config, workdir, save)
 
 
 # config.data.source -> loader(data_config, workdir, save) -> Splits.
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Splits]] = {
     "folder": load_folder_splits,
+    "dicom_csv": dicom_csv.load_dicom_csv_splits,
+    "npz": npz.load_npz_splits,
+    "tfds": tfds_builders.load_tfds_splits,
+    "auto": load_auto_splits,
 }
 
 

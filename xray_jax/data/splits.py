@@ -1,15 +1,27 @@
 """A stratified, seeded validation split, saved in the workdir so evaluation reuses it."""
 
+import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 
 from xray_jax import errors
 from xray_jax.data.folder import Record
 
 SPLIT_FILE = "data_split.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """A dataset's class names and the records of its train, validation and test splits."""
+
+  class_names: tuple[str, ...]
+  train: list[Record]
+  val: list[Record]
+  test: list[Record]  # Empty when the dataset has no test split.
 
 
 def stratified_split(
@@ -65,3 +77,17 @@ def split_train_val(
 
 def _relative(record: Record, root: pathlib.Path) -> str:
   return pathlib.Path(record["path"]).relative_to(root).as_posix()
+
+
+def make_splits(
+    class_names: tuple[str, ...], found: dict[str, list[Record]], root: pathlib.Path,
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool,
+) -> Splits:
+  """Splits from those a source holds (train required; val, test optional). Without val,
+  validation is carved from train (`data.val_fraction`, `data.split_seed`) and saved in
+  `workdir` by record path relative to `root`."""
+  train, val = found["train"], found.get("val")
+  if val is None:
+    train, val = split_train_val(
+        train, root, data_config.val_fraction, data_config.split_seed, workdir, save)
+  return Splits(class_names, train, val, found.get("test", []))

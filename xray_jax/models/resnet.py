@@ -10,13 +10,18 @@ import jax.numpy as jnp
 from xray_jax.models import common
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+class ResidualBlock(nn.Module):
+  """Fields shared by the residual blocks: output width (before expansion), stride of the
+  first strided convolution, normalization layer and compute dtype."""
 
   width: int
   strides: int = 1
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -30,13 +35,8 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 -> 3x3 (strided) -> 1x1 convolutions with 4x expansion (ResNet-50)."""
-
-  width: int
-  strides: int = 1
-  norm: Any = nn.BatchNorm
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:

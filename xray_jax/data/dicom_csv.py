@@ -1,0 +1,64 @@
+"""The RSNA Pneumonia Challenge layout: data.dir/data.dicom_subdir/<id>.dcm labelled by a CSV.
+
+The CSV may hold several rows per patient (RSNA lists one per box): the patient takes the
+highest label of its rows, so it is positive if any row is. One image per patient, so the
+validation split never puts a patient on both sides.
+"""
+
+import csv
+import pathlib
+
+import ml_collections
+
+from xray_jax import errors
+from xray_jax.data import label_rules, splits
+from xray_jax.data.folder import Record
+
+
+def _read_labels(path: pathlib.Path, id_column: str, label_column: str,
+                num_classes: int) -> dict[str, int]:
+  """Patient id -> label (the highest of its rows) from the CSV at `path`."""
+  if not path.is_file():
+    raise errors.DataError(f"{path}: labels CSV not found (config.data.labels_csv)")
+  labels = {}
+  with path.open(newline="") as f:
+    reader = csv.DictReader(f)
+    for column in (id_column, label_column):
+      if column not in (reader.fieldnames or []):
+        raise errors.DataError(
+            f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
+    for row in reader:
+      patient, value = row[id_column], row[label_column]
+      try:
+        label = int(value)
+      except (TypeError, ValueError):
+        label = -1
+      if not 0 <= label < num_classes:
+        raise errors.DataError(
+            f"{path}, line {reader.line_num}: {label_column}={value!r} for id {patient!r}; "
+            f"expected an integer in [0, {num_classes})")
+      labels[patient] = max(label, labels.get(patient, label))
+  if not labels:
+    raise errors.DataError(f"{path}: no rows")
+  return labels
+
+
+def load_dicom_csv_splits(
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+) -> splits.Splits:
+  """Train and validation (carved per patient, saved in `workdir`); no test split."""
+  class_names = label_rules.parse_class_names(data_config.class_names)
+  root = pathlib.Path(data_config.dir).expanduser()
+  labels = _read_labels(root / pathlib.Path(data_config.labels_csv).expanduser(),
+                       data_config.id_column, data_config.label_column, len(class_names))
+  images = root / data_config.dicom_subdir
+  records: list[Record] = [
+      {"path": str(images / f"{patient}.dcm"), "label": label}
+      for patient, label in sorted(labels.items())
+  ]
+  missing = [r["path"] for r in records if not pathlib.Path(r["path"]).is_file()]
+  if missing:
+    raise errors.DataError(
+        f"{missing[0]}: no image for this id of {data_config.labels_csv} "
+        f"({len(missing)} of {len(records)} ids have no .dcm file)")
+  return splits.make_splits(class_names, {"train": records}, images, data_config, workdir, save)
