@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_dicom, tiny_config, write_dicom
 
-from xray_jax import errors, train
+from xray_jax import errors, evaluation, train
 from xray_jax.data import datasets, splits
 
 HEADER = "patientId,x,y,width,height,Target\n"
@@ -94,7 +94,10 @@ def test_fewer_than_two_class_names_is_a_config_error(tmp_path):
 @pytest.mark.slow
 def test_training_on_dicom_csv(tmp_path):
   workdir = tmp_path / "work"
-  final = train.train_and_evaluate(rsna_config(make_rsna_dir(tmp_path / "data")), str(workdir))
+  config = rsna_config(make_rsna_dir(tmp_path / "data"))
+  final = train.train_and_evaluate(config, str(workdir))
   assert 0.0 <= final["val/auc"] <= 1.0
+  report = evaluation.evaluate_checkpoint(workdir, "val", "latest", config.evaluation)
+  assert report["at_0.5"]["num_examples"] == 4
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
   assert len(json.loads((workdir / splits.SPLIT_FILE).read_text())["val"]) == 4

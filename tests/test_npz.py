@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 from conftest import tiny_config, write_npz
 
-from xray_jax import errors, input_pipeline, train
+from xray_jax import errors, evaluation, input_pipeline, train
 from xray_jax.data import datasets, images, splits
 
 
@@ -81,6 +81,8 @@ def test_resize_gray_rejects_other_shapes():
 @pytest.mark.slow
 def test_training_on_an_npz_file(tmp_path):
   write_npz(tmp_path / "p.npz", per_class=16)
-  train.train_and_evaluate(npz_config(tmp_path / "p.npz"), str(tmp_path / "work"))
+  config = npz_config(tmp_path / "p.npz")
+  train.train_and_evaluate(config, str(tmp_path / "work"))
   assert json.loads((tmp_path / "work" / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
-  assert (tmp_path / "work" / "checkpoints").is_dir()
+  report = evaluation.evaluate_checkpoint(tmp_path / "work", "test", "latest", config.evaluation)
+  assert report["at_0.5"]["num_examples"] == 32  # The file's test arrays: 16 per class.

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, write_image
+from conftest import REPO_ROOT, make_dicom, write_dicom, write_image
 
 from xray_jax import evaluation, input_pipeline, predict, sharding, trained
 
@@ -94,3 +94,17 @@ def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):
     assert prediction.above_threshold is True and prediction.predicted == "NORMAL"
   finally:
     point.unlink()
+
+
+def test_dicom_files_are_classified_like_images(trained_workdir, tmp_path):
+  rng = np.random.default_rng(7)
+  write_image(tmp_path / "scan.png", 1, rng)
+  pixels = np.asarray(PIL.Image.open(tmp_path / "scan.png")).astype(np.uint16) * 16  # 12 bit.
+  write_dicom(tmp_path / "dicoms" / "scan.dcm",
+              make_dicom(pixels, "MONOCHROME2", 12, WindowCenter=2040, WindowWidth=4080))
+  classifier = predict.load(trained_workdir)
+  paths, _ = predict.find_images([str(tmp_path / "dicoms"), str(tmp_path / "scan.png")])
+  predictions, failures = predict.classify_files(classifier, paths)
+  assert not failures and [p.path.rsplit(".", 1)[1] for p in predictions] == ["dcm", "png"]
+  np.testing.assert_allclose(predictions[0].probabilities, predictions[1].probabilities,
+                             atol=0.02)

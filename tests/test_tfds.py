@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import make_dataset, tiny_config, write_npz
 
-from xray_jax import config_checks, errors, train
+from xray_jax import config_checks, errors, evaluation, train
 from xray_jax.data import datasets, splits, tfds_builders
 
 
@@ -159,9 +159,11 @@ def test_pneumonia_mnist_checks_the_published_md5_by_default(tmp_path):
 def test_training_on_a_tfds_dataset(tmp_path):
   root = make_dataset(tmp_path / "data", per_class=16)
   workdir = tmp_path / "work"
-  train.train_and_evaluate(_tfds_config(tmp_path, root), str(workdir))
+  config = _tfds_config(tmp_path, root)
+  train.train_and_evaluate(config, str(workdir))
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
-  assert (workdir / "checkpoints").is_dir()
+  report = evaluation.evaluate_checkpoint(workdir, "val", "latest", config.evaluation)
+  assert report["at_0.5"]["num_examples"] == 8  # val_fraction 0.25 of 2 x 16 images.
 
 
 def test_config_check_names_an_unknown_tfds_name(tmp_path):
