@@ -64,6 +64,16 @@ class _Indexed:
             "mask": np.float32(index < self.num_real)}
 
 
+def _process_slices(ds: grain.MapDataset, global_batch_size: int, process_index: int,
+                    process_count: int) -> grain.MapDataset:
+  """Batches of this process's slice of each global batch of `ds`.
+
+  Batching is lazy, so a process decodes only its own slices.
+  """
+  local = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  return local[process_index::process_count]
+
+
 def _to_iter_dataset(ds: grain.MapDataset, data_config) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch))
@@ -79,16 +89,15 @@ def create_train_dataset(
   """An endless, shuffled, augmented stream of this process's share of each global batch.
 
   Global batch k holds shuffled examples [k * B, (k + 1) * B) of an endless sequence of
-  epochs, each shuffled differently; process p takes every `process_count`-th of them.
-  Augmentation is seeded by the global position, so the stream does not depend on the
-  number of processes or workers.
+  epochs, each shuffled differently; process p takes the p-th of its `process_count` equal
+  slices, the rows its devices hold in the global array. Augmentation is seeded by the
+  global position, so the batches do not depend on the number of processes or workers.
   """
   ds = grain.MapDataset.source(list(records)).shuffle(seed=seed).repeat()
   ds = ds.random_map(_Augmented(Preprocess.from_config(data_config), data_config.augment),
                      seed=seed)
-  ds = ds[process_index::process_count]
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  return _to_iter_dataset(ds, data_config)
+  return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
+                                          process_count), data_config)
 
 
 def create_eval_dataset(
@@ -103,6 +112,5 @@ def create_eval_dataset(
   padding = -len(records) % global_batch_size
   ds = grain.MapDataset.source(list(records) + [records[0]] * padding)
   ds = ds.map_with_index(_Indexed(Preprocess.from_config(data_config), len(records)))
-  ds = ds[process_index::process_count]
-  ds = ds.batch(global_batch_size // process_count)
-  return _to_iter_dataset(ds, data_config)
+  return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
+                                          process_count), data_config)
