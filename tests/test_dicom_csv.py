@@ -99,5 +99,7 @@ def test_training_on_dicom_csv(tmp_path):
   assert 0.0 <= final["val/auc"] <= 1.0
   report = evaluation.evaluate_checkpoint(workdir, "val", "latest", config.evaluation)
   assert report["at_0.5"]["num_examples"] == 4
+  with pytest.raises(errors.DataError, match="data source 'dicom_csv' .* has no test split"):
+    evaluation.evaluate_checkpoint(workdir, "test", "latest", config.evaluation)
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
   assert len(json.loads((workdir / splits.SPLIT_FILE).read_text())["val"]) == 4

@@ -87,7 +87,8 @@ def _split_records(run: trained.TrainedRun, data_config, split: str) -> list[Rec
         f"{run.class_names}")
   records = {"val": splits.val, "test": splits.test}[split]
   if not records:
-    raise errors.DataError(f"{data_config.dir}: no {split}/{{CLASS}}/ images to evaluate")
+    raise errors.DataError(
+        f"data source {data_config.source!r} ({data_config.dir}) has no {split} split")
   return records
 
 
