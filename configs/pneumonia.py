@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.image_size = arg.res  # Images are resized to image_size x image_size.
   config.data.grayscale = True  # One channel; false replicates the gray image to three.
   config.data.mean = 0.5  # Normalization: (pixel in [0, 1] - mean) / std.
-  config.data.std = 0.25
+  config.data.std = 0.25  # Scale of that normalization.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
   config.data.dicom_multiframe = "first"  # Multi-frame .dcm: use the first frame, or "error".
@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
   config.evaluation.threshold_method = "youden"  # Operating point chosen on validation:
   # youden (max sensitivity + specificity) or sensitivity (reach target_sensitivity).
-  config.evaluation.target_sensitivity = 0.95
+  config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
 
   if arg.runlocal:
