@@ -154,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
+  validate = lambda state: {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
   writer = metric_writers.MetricWriter(workdir, enabled=is_chief)
 
   start_step = int(state.step)
@@ -183,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
         interval_start, interval_step = time.perf_counter(), step
       if do_eval:
-        val_metrics = {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
+        val_metrics = validate(state)
         logging.info("step %d validation: loss %.4f, accuracy %.4f, AUC %.4f", step,
                      val_metrics["val/loss"], val_metrics["val/accuracy"],
                      val_metrics["val/auc"])
@@ -193,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         interval_start = time.perf_counter()  # Keep validation out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
-      val_metrics = {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
+      val_metrics = validate(state)
   finally:
     checkpointer.wait_until_finished()
     checkpointer.close()
