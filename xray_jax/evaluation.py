@@ -2,6 +2,7 @@
 (reports, predictions, figures, operating threshold, watching a training run)."""
 
 import csv
+import functools
 import io
 import json
 import pathlib
@@ -19,8 +20,10 @@ from jax.experimental import multihost_utils
 from xray_jax import (
   checkpointing,
   errors,
+  files,
   input_pipeline,
   metrics,
+  models,
   optimizers,
   plots,
   sharding,
@@ -41,11 +44,8 @@ class Evaluator:
     self._dataset = input_pipeline.create_eval_dataset(
         records, data_config, global_batch_size, jax.process_index(), jax.process_count())
 
-    def predict_probs(variables, images):
-      return jax.nn.softmax(model.apply(variables, images, train=False))
-
     self._predict = jax.jit(
-        predict_probs,
+        functools.partial(models.class_probabilities, model),
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.batch_sharded(mesh))
 
@@ -65,14 +65,6 @@ class Evaluator:
     """Accuracy, loss and ROC AUC of a train state on the records."""
     probs, labels = self.predict({"params": state.params, "batch_stats": state.batch_stats})
     return metrics.summarize(probs, labels)
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-  """Readers (a watching job, a user) never see a half-written file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
@@ -98,7 +90,7 @@ def _write_predictions(path: pathlib.Path, records, probs, labels, class_names) 
   writer.writerow(["path", "label", *(f"prob_{name}" for name in class_names)])
   for record, label, row in zip(records, labels, probs, strict=True):
     writer.writerow([record["path"], class_names[label], *(f"{p:.6f}" for p in row)])
-  _write_atomically(path, buffer.getvalue())
+  files.write_atomically(path, buffer.getvalue())
 
 
 def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bins) -> None:
@@ -166,7 +158,7 @@ def evaluate_checkpoint(
                    labels == 1, probs[:, 1], evaluation_config.threshold_method,
                    evaluation_config.target_sensitivity)}
       if jax.process_index() == 0:
-        _write_atomically(point_path, json.dumps(point, indent=1))
+        files.write_atomically(point_path, json.dumps(point, indent=1))
     else:
       if not point_path.is_file():
         evaluate_checkpoint(workdir, "val", run.step, evaluation_config, data_dir, mesh)
@@ -179,7 +171,7 @@ def evaluate_checkpoint(
     _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
                        labels, names)
     _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
-    _write_atomically(report_path(run.workdir, split, run.step), json.dumps(report, indent=1))
+    files.write_atomically(report_path(run.workdir, split, run.step), json.dumps(report, indent=1))
   _log_summary(split, run.step, report)
   return report
 

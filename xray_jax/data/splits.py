@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from xray_jax import errors
+from xray_jax import errors, files
 from xray_jax.data.folder import Record
 
 SPLIT_FILE = "data_split.json"
@@ -66,12 +66,9 @@ def split_train_val(
   train, val = stratified_split(records, fraction, seed)
   if not save:
     return train, val
-  workdir.mkdir(parents=True, exist_ok=True)
   payload = {"val_fraction": fraction, "split_seed": seed,
              "val": sorted(_relative(r, root) for r in val)}
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(payload, indent=1))
-  tmp.replace(path)
+  files.write_atomically(path, json.dumps(payload, indent=1))
   return train, val
 
 

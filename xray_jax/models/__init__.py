@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -33,3 +34,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
         num_classes=num_classes, dtype=DTYPES[model_config.dtype], **kwargs)
   except TypeError as e:
     raise errors.ConfigError(f"config.model does not fit {model_config.name!r}: {e}") from e
+
+
+def class_probabilities(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
+  """Softmax probabilities [N, classes] of a model in inference mode."""
+  return jax.nn.softmax(model.apply(variables, images, train=False))

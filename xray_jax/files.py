@@ -1,0 +1,12 @@
+"""Writing files that other processes may be reading."""
+
+import pathlib
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename, so a reader (a watching
+  evaluator, a resumed run) never sees a half-written file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
