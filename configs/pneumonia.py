@@ -118,6 +118,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.eval_every_steps = -1  # Validation; -1: once per epoch.
   config.training.checkpoint_every_steps = -1  # -1: once per epoch; always at the end.
   config.training.keep_checkpoints = 3  # The latest K are kept, plus the best by val AUC.
+  # A damaged latest checkpoint (its files differ from their digests): true moves it to
+  # WORKDIR/checkpoints_damaged/ with a warning and resumes from the newest intact one;
+  # false stops with an error that names it.
+  config.training.restore_fallback = True
   config.training.eval_batch_size = 128  # Global batch for validation.
 
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).

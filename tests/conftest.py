@@ -1,7 +1,12 @@
 """Shared fixtures: 8 CPU devices, parsed absl flags, and small generated datasets."""
 
 import importlib.util
+import os
 import pathlib
+import re
+import subprocess
+import sys
+import time
 
 import jax
 
@@ -18,6 +23,48 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# `configs/pneumonia.py:runlocal` shrunk to a 2-block CNN on 16x16 images: seconds a run.
+RUNLOCAL = "configs/pneumonia.py:runlocal"
+TINY_FLAGS = ["--config.data.image_size=16", "--config.model.widths=4,8",
+              "--config.model.dense=8", "--config.training.global_batch_size=8",
+              "--config.training.eval_batch_size=8", "--config.data.val_fraction=0.25",
+              "--config.optimizer.schedule=constant", "--config.data.source=folder"]
+
+
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+  """This process's environment, with `devices` CPU devices for a child JAX process."""
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          **extra}
+
+
+def trainer_command(workdir: pathlib.Path, dataset_dir: pathlib.Path, *flags: str) -> list[str]:
+  """`python -m xray_jax.main` on the tiny runlocal config, logging to stderr."""
+  return [sys.executable, "-m", "xray_jax.main", "--alsologtostderr", f"--workdir={workdir}",
+          f"--config={RUNLOCAL}", *TINY_FLAGS, f"--config.data.dir={dataset_dir}", *flags]
+
+
+def wait_for_text(path: pathlib.Path, pattern: str, timeout: float = 300,
+                  process: subprocess.Popen | None = None) -> re.Match:
+  """Polls the file at `path` until `pattern` matches its text; fails if `process` ends or
+  the time runs out first."""
+  deadline = time.monotonic() + timeout
+  while True:
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    if match := re.search(pattern, text):
+      return match
+    if process is not None and process.poll() is not None:
+      raise AssertionError(f"process ended ({process.returncode}) before {pattern!r}:\n"
+                           f"{text[-3000:]}")
+    assert time.monotonic() < deadline, f"no {pattern!r} in {path}:\n{text[-3000:]}"
+    time.sleep(0.02)
+
+
+def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
+  """Parameters and BatchNorm statistics of a run's latest checkpoint, as host arrays."""
+  from xray_jax import trained
+
+  return [np.asarray(x) for x in jax.tree.leaves(trained.load(workdir, "latest").variables)]
 
 
 def write_image(path: pathlib.Path, label: int, rng: np.random.Generator, size: int = 32):

@@ -112,3 +112,19 @@ def test_evaluate_binary(trained_workdir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test step 4 (threshold 0.500): accuracy" in result.stderr
   assert json.loads((workdir / "eval" / "test_step4.json").read_text())["step"] == 4
+
+
+def test_watch_started_before_the_trainer_waits_for_the_run(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"  # Does not exist yet.
+  done = []
+  watcher = threading.Thread(target=lambda: done.extend(
+      evaluation.watch(workdir, "val", evaluation_config(), poll_seconds=0.05,
+                       timeout_seconds=300)))
+  watcher.start()
+  time.sleep(0.5)
+  assert watcher.is_alive() and not done
+  shutil.copytree(trained_workdir, tmp_path / "staging")  # The trainer starts: its run
+  (tmp_path / "staging").rename(workdir)  # appears at once, complete.
+  watcher.join(timeout=300)
+  assert not watcher.is_alive()
+  assert done == [2, 4, 6]

@@ -1,22 +1,16 @@
 """Real multi-process training: two JAX processes on 127.0.0.1 match one process."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cpu_env, trainer_command
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--config=configs/pneumonia.py:runlocal", "--config.data.image_size=16",
-        "--config.model.widths=4,8", "--config.model.dense=8",
-        "--config.training.num_train_steps=4", "--config.training.eval_every_steps=2",
-        "--config.training.checkpoint_every_steps=2", "--config.training.global_batch_size=8",
-        "--config.training.eval_batch_size=8", "--config.data.val_fraction=0.25",
-        "--config.optimizer.schedule=constant", "--config.data.source=folder"]
+STEPS = ["--config.training.num_train_steps=4", "--config.training.eval_every_steps=2",
+         "--config.training.checkpoint_every_steps=2"]
 
 
 def _free_port() -> int:
@@ -26,12 +20,10 @@ def _free_port() -> int:
 
 
 def _launch(workdir, dataset_dir, devices_per_process: int, process_args: list[list[str]]):
-  env = {**os.environ,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "xray_jax.main", f"--workdir={workdir}", *TINY,
-       f"--config.data.dir={dataset_dir}", *extra],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      trainer_command(workdir, dataset_dir, *STEPS, *extra), cwd=REPO_ROOT,
+      env=cpu_env(devices_per_process), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
       for extra in process_args]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for proc, output in zip(procs, outputs, strict=True):

@@ -19,3 +19,15 @@ class TrainingDivergedError(XrayError):
 
 class CheckpointError(XrayError):
   """A checkpoint does not fit the state the config describes."""
+
+
+class WorkdirBusyError(XrayError):
+  """Another trainer holds the workdir."""
+
+
+class Preempted(Exception):
+  """Training stopped on a preemption notice after saving a checkpoint of `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted: checkpoint of step {step} saved; rerun to resume")
+    self.step = step

@@ -47,7 +47,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
   try:
-    evaluation_config = _evaluation_config(pathlib.Path(FLAGS.workdir))
+    workdir = pathlib.Path(FLAGS.workdir)
+    if FLAGS.watch:  # Started beside the trainer, perhaps before it.
+      trained.wait_for_config(workdir, FLAGS.poll_seconds, FLAGS.timeout_seconds)
+    evaluation_config = _evaluation_config(workdir)
     if FLAGS.watch:
       evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
                        FLAGS.poll_seconds, FLAGS.timeout_seconds)

@@ -125,6 +125,16 @@ def _log_summary(split: str, step: int, report: dict) -> None:
         block["num_examples"])
 
 
+def _check_finite(probs: np.ndarray, records: Sequence[Record], run: trained.TrainedRun) -> None:
+  """Refuses to report on NaN or infinite predictions (a damaged or diverged checkpoint)."""
+  bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+  if bad.size:
+    raise errors.CheckpointError(
+        f"step {run.step} of {run.workdir} predicts non-finite probabilities for {bad.size} "
+        f"of {len(records)} images (first: {records[bad[0]]['path']}): its parameters are "
+        "damaged or diverged; no report written")
+
+
 def evaluate_checkpoint(
     workdir: str | pathlib.Path, split: str, checkpoint: str | int,
     evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
@@ -145,6 +155,7 @@ def evaluate_checkpoint(
   evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
                         mesh)
   probs, labels = evaluator.predict(run.variables)
+  _check_finite(probs, records, run)
   names = list(run.class_names)
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
             "data_dir": data_config.dir,
@@ -183,11 +194,12 @@ def watch(
   """Evaluates every finished checkpoint of a (running) training job exactly once, until
   the checkpoint of its final step is done; returns the steps evaluated by this call.
 
-  Steps whose report already exists are skipped, so a restarted watcher resumes.
-  Stops with an error after `timeout_seconds` without a new checkpoint.
+  Steps whose report already exists are skipped, so a restarted watcher resumes. A watcher
+  started before the trainer waits for the run to appear. Stops with an error after
+  `timeout_seconds` without a new checkpoint.
   """
   workdir = pathlib.Path(workdir)
-  config = trained.load_config(workdir)
+  config = trained.wait_for_config(workdir, poll_seconds, timeout_seconds)
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.dir = data_dir or data_config.dir
   num_train = len(datasets.load_splits(data_config, workdir, save=False).train)

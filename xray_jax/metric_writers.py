@@ -6,19 +6,39 @@ from collections.abc import Mapping
 
 import tensorboardX
 
+from xray_jax import files
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def _step_of(line: str) -> int | None:
+  """The step of a metrics line; None for a line cut short by a killed writer."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError):
+    return None
 
 
 class MetricWriter:
   """Appends `{"step": N, name: value, ...}` lines to metrics.jsonl and mirrors them to
-  TensorBoard. A disabled writer (processes other than 0) writes nothing."""
+  TensorBoard. A disabled writer (processes other than 0) writes nothing.
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+  A run resumed from the checkpoint of `resume_step` first drops what an interrupted run
+  wrote after that step, so the steps it replays are recorded once.
+  """
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int = 0, enabled: bool = True):
     self._enabled = enabled
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = (workdir / METRICS_FILE).open("a")
-      self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+      path = workdir / METRICS_FILE
+      if path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if _step_of(line) is not None and _step_of(line) <= resume_step]
+        files.write_atomically(path, "".join(kept))
+      self._jsonl = path.open("a")
+      self._tensorboard = tensorboardX.SummaryWriter(
+          str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:

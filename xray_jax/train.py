@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from xray_jax import (
     checkpointing,
@@ -25,7 +26,9 @@ from xray_jax import (
     metric_writers,
     models,
     optimizers,
+    preemption,
     sharding,
+    workdir_lock,
 )
 from xray_jax.data import datasets
 
@@ -110,9 +113,18 @@ def _every(interval: int, steps_per_epoch: int) -> int:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the configured model in `workdir`, resuming from its latest checkpoint, and
-  returns the last validation metrics."""
+  returns the last validation metrics.
+
+  Raises `errors.Preempted` after saving a checkpoint when a preemption notice (SIGTERM)
+  arrives, and `errors.WorkdirBusyError` if another trainer uses `workdir`.
+  """
   config_checks.check_config(config)
   workdir = pathlib.Path(workdir)
+  with workdir_lock.hold(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
   is_chief = jax.process_index() == 0
   mesh = sharding.make_mesh()
   training = config.training
@@ -145,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       splits.train, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", training.keep_checkpoints)
-  restored = checkpointer.restore_latest(state, train_iter)
+  restored = checkpointer.restore_latest(state, train_iter,
+                                         fall_back=training.restore_fallback)
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint of step %d in %s", int(state.step), workdir)
@@ -155,9 +168,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   validate = lambda state: {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
-  writer = metric_writers.MetricWriter(workdir, enabled=is_chief)
-
   start_step = int(state.step)
+  writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
+  preemption_watcher = preemption.PreemptionWatcher()
+
   val_metrics: dict[str, float] = {}
   pending: list[dict[str, jax.Array]] = []
   interval_start, interval_step = time.perf_counter(), start_step
@@ -167,8 +181,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = p_train_step(state, batch)
       pending.append(metrics)
       is_last = step == total_steps
-      do_eval = step % eval_every == 0 or step % checkpoint_every == 0 or is_last
-      if step % training.log_every_steps == 0 or do_eval:
+      preempted = preemption_watcher.should_stop(step) and not is_last
+      do_eval = (step % eval_every == 0 or is_last) and not preempted
+      do_save = step % checkpoint_every == 0 or is_last or preempted
+      if step % training.log_every_steps == 0 or do_eval or do_save:
         train_metrics = _mean_metrics(pending, step)
         pending = []
         elapsed = time.perf_counter() - interval_start
@@ -189,14 +205,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      val_metrics["val/loss"], val_metrics["val/accuracy"],
                      val_metrics["val/auc"])
         writer.write(step, val_metrics)
-        if step % checkpoint_every == 0 or is_last:
-          checkpointer.save(step, state, train_iter, val_metrics)
-        interval_start = time.perf_counter()  # Keep validation out of images/s.
+      if do_save:
+        checkpointer.save(step, state, train_iter, val_metrics if do_eval else None)
+      if preempted:
+        checkpointer.wait_until_finished()
+        # Exit together: a launcher may stop every process once the first one exits.
+        multihost_utils.sync_global_devices("xray_jax: preemption checkpoint final")
+        raise errors.Preempted(step)
+      if do_eval or do_save:
+        interval_start = time.perf_counter()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
       val_metrics = validate(state)
   finally:
-    checkpointer.wait_until_finished()
+    preemption_watcher.close()
     checkpointer.close()
     writer.close()
   return val_metrics

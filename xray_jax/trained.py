@@ -3,12 +3,14 @@
 import dataclasses
 import json
 import pathlib
+import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from xray_jax import checkpointing, errors, models, sharding
 
@@ -40,6 +42,17 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def wait_for_config(workdir: pathlib.Path, poll_seconds: float,
+                    timeout_seconds: float) -> ml_collections.ConfigDict:
+  """`load_config`, once the trainer has written it (for jobs started beside the trainer)."""
+  deadline = time.monotonic() + timeout_seconds
+  while not (workdir / "config.json").is_file() and time.monotonic() < deadline:
+    logging.log_every_n_seconds(logging.INFO, "waiting for a training run in %s", 600,
+                                workdir)
+    time.sleep(poll_seconds)
+  return load_config(workdir)
+
+
 def load_class_names(workdir: pathlib.Path) -> tuple[str, ...]:
   path = workdir / "classes.json"
   if not path.is_file():
@@ -55,7 +68,10 @@ def resolve_step(checkpointer: checkpointing.Checkpointer, checkpoint: str | int
   if checkpoint == "latest":
     return checkpointer.latest_step()
   if checkpoint == "best":
-    return checkpointer.best_step()
+    if (best := checkpointer.best_step()) is None:
+      raise errors.CheckpointError(
+          f"no checkpoint has validation metrics yet (steps {steps}): use latest or a step")
+    return best
   if str(checkpoint).isdigit() and int(checkpoint) in steps:
     return int(checkpoint)
   raise errors.CheckpointError(
