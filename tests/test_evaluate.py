@@ -111,6 +111,7 @@ def test_evaluate_binary(trained_workdir, tmp_path):
       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test step 4 (threshold 0.500): accuracy" in result.stderr
+  assert "read only" not in result.stderr  # Orbax's note on read-only checkpoints.
   assert json.loads((workdir / "eval" / "test_step4.json").read_text())["step"] == 4
 
 

@@ -36,6 +36,7 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   assert any("val/auc" in m for m in metrics)
   assert (workdir / "checkpoints" / "6").is_dir()
   assert "Resumed" not in result.stderr
+  assert "libtpu" not in result.stderr  # No misleading TPU message on a CPU machine.
 
   longer = [a.replace("num_train_steps=6", "num_train_steps=9") for a in args]
   more = run_main(*longer)
@@ -67,3 +68,33 @@ def test_main_reports_bad_input_in_one_line(dataset_dir, tmp_path, override, mes
     assert f"put ChestXRay2017.zip at {missing}_downloads" in last_line
     assert str(missing) in last_line
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.trainig.num_epochs=1", "error: --config.trainig.num_epochs: no config field "
+     "'trainig'; Did you mean \"training\" instead of \"trainig\"? (see --help)"),
+    ("--config.training.num_epoch=1", "error: --config.training.num_epoch: no config field "
+     "'num_epoch'; Did you mean \"num_epochs\" instead of \"num_epoch\"? (see --help)"),
+    ("--config.training.num_epochs=many", "error: flag --config.training.num_epochs=many: "
+     "could not convert string to float: 'many' (see --help)"),
+    ("--config=configs/nope.py", "[Errno 2] No such file or directory: 'configs/nope.py'"),
+])
+def test_mistyped_flag_or_config_is_one_line(tmp_path, flag, message):
+  result = run_main("--config=configs/pneumonia.py", f"--workdir={tmp_path / 'w'}", flag)
+  assert result.returncode == 2
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert message in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_help_lists_configs_and_print_config_explains_every_field():
+  usage = run_main("--help")  # absl's --help exits with status 1.
+  for text in ("configs/pneumonia_cpu.py", "runlocal", "--print_config", "model=cnn|resnet18"):
+    assert text in usage.stdout
+  assert "--xla_" not in usage.stdout  # Only this program's flags.
+
+  printed = run_main("--config=configs/pneumonia_cpu.py", "--print_config")
+  assert printed.returncode == 0, printed.stderr
+  lines = printed.stdout.strip().splitlines()
+  assert "training.global_batch_size = 32  # Summed over all devices of all hosts." in lines
+  assert all("  # " in line for line in lines), [x for x in lines if "  # " not in x]

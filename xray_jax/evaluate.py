@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import config_checks, errors, evaluation, logs, trained
+from xray_jax import cli, config_checks, errors, evaluation, logs, trained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
@@ -62,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

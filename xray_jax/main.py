@@ -6,15 +6,22 @@ r"""Trains an X-ray classifier.
 Running the same command again resumes from the last checkpoint in the workdir. On SIGTERM
 (a preemption or time-limit notice) it saves a checkpoint and exits with status 75, which
 the launchers in launch/ treat as "resubmit".
+
+Config files take arguments after a colon, comma separated: `runlocal` (a one-minute smoke
+run: tiny model, few steps), `model=cnn|resnet18|resnet34|resnet50`, `res=N` (input size),
+e.g. --config=configs/pneumonia.py:model=resnet18,res=128. Any field can be overridden,
+e.g. --config.training.num_epochs=5. --print_config lists every field with its value and
+its meaning.
 """
 
+import pathlib
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xray_jax import errors, logs, preemption, train
+from xray_jax import cli, config_help, errors, logs, preemption, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
@@ -28,7 +35,13 @@ flags.DEFINE_bool("auto_distributed", False,
 flags.DEFINE_list("local_device_ids", None,
                   "Multi-process training: the local GPUs this process uses (default: all of "
                   "them, or under SLURM the one numbered SLURM_LOCALID).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("print_config", False,
+                  "Print every field of the resolved config, with its comment, and exit.")
+flags.mark_flags_as_required(["config"])
+
+_CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+if _CONFIG_DIR.is_dir():  # A source checkout: --help lists its config files.
+  __doc__ += f"\nConfig files:\n{config_help.list_configs(_CONFIG_DIR)}\n"
 
 
 def _initialize_distributed() -> None:
@@ -44,6 +57,12 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.print_config:
+    config_file = pathlib.Path(FLAGS["config"].config_filename.split(":")[0])
+    print(config_help.describe(FLAGS.config, config_file))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
   logs.quiet_library_logs()
   _initialize_distributed()
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(),
@@ -58,4 +77,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

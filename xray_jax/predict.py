@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 from absl import app, flags, logging
 
-from xray_jax import errors, gradcam, input_pipeline, logs, models, sharding, trained
+from xray_jax import cli, errors, gradcam, input_pipeline, logs, models, sharding, trained
 from xray_jax.data.folder import IMAGE_SUFFIXES
 
 FLAGS = flags.FLAGS
@@ -246,4 +246,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
