@@ -3,8 +3,8 @@ r"""Pneumonia vs normal on chest X-rays (Kermany et al. 2018 layout).
   python -m xray_jax.main --config=configs/pneumonia.py --workdir=/tmp/xray/run1 \
       --config.data.dir=/path/to/chest_xray
 
-Without --config.data.dir (and no data/chest_xray/train here), the public dataset is
-downloaded and prepared with TFDS on first use (data.source="auto").
+Without --config.data.dir, the public dataset is downloaded and prepared with TFDS on first
+use (data.source="auto").
 
 Config args (after a colon, comma separated):
   runlocal       a one-minute smoke run of this config (tiny model, few steps).
@@ -53,9 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # folder: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}, or dicom_csv, npz, tfds (below);
-  # auto: folder when data.dir holds train/, else tfds (downloaded and prepared on first use).
+  # auto: folder when data.dir is given, else tfds (downloaded and prepared on first use).
   config.data.source = "auto"
-  config.data.dir = "data/chest_xray"  # ROOT of the folder layout.
+  # ROOT of the folder layout (or of dicom_csv). Empty with source auto or tfds: download.
+  config.data.dir = ""
   config.data.label_rules = ""  # Empty: classes are the folder names. Else labels from paths,
   # "CLASS=SUBSTRING,...": the first class whose substring is in the path (see pneumonia_3class).
   config.data.image_size = arg.res  # Images are resized to image_size x image_size.

@@ -50,20 +50,25 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("--config.data.source=folder --config.data.dir={missing}",
-     "error: {missing}/train: not a directory"),
-    ("--config.data.dir={missing} --config.data.download_dir={missing}_downloads",
-     "error: cannot fetch ChestXRay2017.zip"),  # source=auto: no folder, so it downloads.
+     "error: config.data.dir='{missing}': no such directory ({missing})"),
+    ("--config.data.source=folder --config.data.dir={empty}",
+     "error: {empty}/train: not a directory"),
+    ("--config.data.dir={missing}",
+     "error: config.data.dir='{missing}': no such directory ({missing}), or leave it empty"),
+    ("--config.data.dir= --config.data.download_dir={missing}_downloads",
+     "error: cannot fetch ChestXRay2017.zip"),  # source=auto, no folder: it downloads.
     ("--config.model.name=vgg", "error: config.model.name='vgg' is not a model"),
     ("--config.optimizer.name=rmsprop", "error: config.optimizer.name='rmsprop'"),
 ])
 def test_main_reports_bad_input_in_one_line(dataset_dir, tmp_path, override, message):
-  missing = tmp_path / "missing"
+  missing, empty = tmp_path / "missing", tmp_path / "empty"
+  empty.mkdir()
   result = run_main("--config=configs/pneumonia.py:runlocal", f"--workdir={tmp_path / 'w'}",
                     f"--config.data.dir={dataset_dir}", *TINY,
-                    *override.format(missing=missing).split())
+                    *override.format(missing=missing, empty=empty).split())
   assert result.returncode == 1
   last_line = result.stderr.strip().splitlines()[-1]
-  assert last_line.startswith(message.format(missing=missing))
+  assert last_line.startswith(message.format(missing=missing, empty=empty))
   if "download_dir" in override:  # Says where to put the archive or the folder layout.
     assert f"put ChestXRay2017.zip at {missing}_downloads" in last_line
     assert str(missing) in last_line

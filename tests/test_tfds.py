@@ -30,7 +30,7 @@ def _layout(root: pathlib.Path) -> pathlib.Path:
   return root
 
 
-def _tfds_config(tmp_path: pathlib.Path, data_dir: pathlib.Path, **data):
+def _tfds_config(tmp_path: pathlib.Path, data_dir: pathlib.Path | str, **data):
   config = tiny_config(data_dir)
   config.data.update({"source": "tfds", "tfds_data_dir": str(tmp_path / "tfds"),
                       "download_dir": str(tmp_path / "downloads"), **data})
@@ -96,12 +96,12 @@ def test_tfds_image_pickles_small_and_reopens_the_files(tmp_path):
   np.testing.assert_array_equal(np.asarray(pickle.loads(payload)), np.asarray(record["image"]))
 
 
-def test_chest_xray_is_downloaded_and_unpacked_when_data_dir_is_missing(tmp_path, file_server):
+def test_chest_xray_is_downloaded_and_unpacked_without_a_data_dir(tmp_path, file_server):
   folder, url = file_server
   _layout(tmp_path / "archive" / "chest_xray")
   archive = shutil.make_archive(str(folder / "ChestXRay2017"), "zip", tmp_path / "archive")
   checksum = "sha256:" + hashlib.sha256(pathlib.Path(archive).read_bytes()).hexdigest()
-  config = _tfds_config(tmp_path, tmp_path / "missing", download_url=f"{url}/ChestXRay2017.zip",
+  config = _tfds_config(tmp_path, "", download_url=f"{url}/ChestXRay2017.zip",
                         checksum=checksum)
   got = datasets.load_splits(config.data, tmp_path / "work")
   assert (len(got.train) + len(got.val), len(got.test)) == (21, 20)
@@ -110,16 +110,28 @@ def test_chest_xray_is_downloaded_and_unpacked_when_data_dir_is_missing(tmp_path
 
 
 @pytest.mark.parametrize("source", ["tfds", "auto"])
-def test_offline_without_data_stops_with_instructions(tmp_path, source):
-  config = _tfds_config(
-      tmp_path, tmp_path / "missing", source=source,
-      download_url=f"http://127.0.0.1:{_closed_port()}/file_downloaded")
+def test_offline_without_data_stops_with_instructions_and_leaves_nothing(
+    tmp_path, source, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = _tfds_config(tmp_path, "", source=source, download_dir="data/downloads",
+                        download_url=f"http://127.0.0.1:{_closed_port()}/file_downloaded")
   with pytest.raises(errors.DataError) as e:
     datasets.load_splits(config.data, tmp_path / "work")
-  message = str(e.value)
-  assert f"put ChestXRay2017.zip at {tmp_path / 'downloads' / 'ChestXRay2017.zip'}" in message
-  assert message.endswith(f"optionally val/ and test/) in {tmp_path / 'missing'}")
-  assert not (tmp_path / "tfds" / "chest_xray_pneumonia" / "1.0.0").exists()
+  message = str(e.value)  # Absolute paths: where to put what.
+  assert f"put ChestXRay2017.zip at {tmp_path}/data/downloads/ChestXRay2017.zip" in message
+  assert message.endswith("and set config.data.dir to that folder")
+  assert sorted(p.name for p in tmp_path.iterdir()) == []  # No empty folders left.
+
+
+@pytest.mark.parametrize("source", ["tfds", "auto", "folder"])
+def test_a_missing_data_dir_is_an_error_not_a_download(tmp_path, source, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = _tfds_config(tmp_path, "chest_xrya", source=source, download_dir="data/downloads",
+                        download_url=f"http://127.0.0.1:{_closed_port()}/file_downloaded")
+  with pytest.raises(errors.DataError, match=rf"config.data.dir='chest_xrya': no such "
+                     rf"directory \({tmp_path}/chest_xrya\)"):
+    datasets.load_splits(config.data, tmp_path / "work")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_auto_reads_a_folder_layout_in_place(tmp_path):
@@ -133,7 +145,7 @@ def test_auto_reads_a_folder_layout_in_place(tmp_path):
 def test_pneumonia_mnist_is_prepared_from_an_npz_mirror(tmp_path):
   expected = write_npz(tmp_path / "mirror" / "pneumoniamnist.npz")
   md5 = hashlib.md5((tmp_path / "mirror" / "pneumoniamnist.npz").read_bytes()).hexdigest()
-  config = _tfds_config(tmp_path, tmp_path / "missing", tfds_name="pneumonia_mnist/28",
+  config = _tfds_config(tmp_path, "", tfds_name="pneumonia_mnist/28",
                         mirror_url=str(tmp_path / "mirror"), checksum=f"md5:{md5}")
   got = datasets.load_splits(config.data, tmp_path / "work")
   assert (len(got.train), len(got.val), len(got.test)) == (20, 20, 20)  # The file's own val.
@@ -149,7 +161,7 @@ def test_pneumonia_mnist_is_prepared_from_an_npz_mirror(tmp_path):
 
 def test_pneumonia_mnist_checks_the_published_md5_by_default(tmp_path):
   write_npz(tmp_path / "mirror" / "pneumoniamnist_64.npz", size=64)
-  config = _tfds_config(tmp_path, tmp_path / "missing", tfds_name="pneumonia_mnist/64",
+  config = _tfds_config(tmp_path, "", tfds_name="pneumonia_mnist/64",
                         mirror_url=str(tmp_path / "mirror"))
   with pytest.raises(errors.DataError, match="expected 8f4eceb4ccffa70c672198ea285246c6"):
     datasets.load_splits(config.data, tmp_path / "work")

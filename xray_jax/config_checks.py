@@ -14,7 +14,8 @@ def _require(ok: bool, key: str, value, expected: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
-  _require(bool(data.dir), "data.dir", data.dir, "the dataset root folder")
+  _require(bool(data.dir) or data.source not in ("folder", "dicom_csv"), "data.dir", data.dir,
+           "the dataset root folder")
   _require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
   _require(data.std > 0, "data.std", data.std, "a positive number")
   _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,

@@ -29,16 +29,19 @@ def load_folder_splits(
 def load_auto_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
 ) -> Splits:
-  """The folder layout in `data.dir` when it is there (read in place), else the TFDS dataset
-  (downloaded and prepared on first use).
+  """The folder layout in `data.dir` when one is given (read in place), else the TFDS
+  dataset (downloaded and prepared on first use).
 
   Both name chest_xray_pneumonia images by their path under the layout's root, so a saved
   validation split means the same images either way.
   """
-  if (pathlib.Path(data_config.dir).expanduser() / "train").is_dir():
+  if data_config.dir:
     return load_folder_splits(data_config, workdir, save)
   return tfds_builders.load_tfds_splits(data_config, workdir, save)
 
+
+# Sources that read data.dir: a given one must exist (a typo must not start a download).
+_READ_DATA_DIR = ("folder", "dicom_csv", "auto", "tfds")
 
 # config.data.source -> loader(data_config, workdir, save) -> Splits.
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Splits]] = {
@@ -58,4 +61,10 @@ def load_splits(
   if data_config.source not in SOURCES:
     raise errors.ConfigError(
         f"config.data.source={data_config.source!r}; expected one of {', '.join(SOURCES)}")
+  data_dir = pathlib.Path(data_config.dir).expanduser()
+  if data_config.source in _READ_DATA_DIR and data_config.dir and not data_dir.is_dir():
+    download = (", or leave it empty to download the public dataset"
+                if data_config.source in ("auto", "tfds") else "")
+    raise errors.DataError(f"config.data.dir={data_config.dir!r}: no such directory "
+                           f"({data_dir.absolute()}){download}")
   return SOURCES[data_config.source](data_config, pathlib.Path(workdir), save)

@@ -63,6 +63,14 @@ def _local_path(url: str) -> pathlib.Path | None:
   return pathlib.Path(url).expanduser()
 
 
+def remove_empty_folders(folders: list[pathlib.Path]) -> None:
+  """Removes those of `folders` (deepest first) that exist and are empty: what a failed
+  attempt created and left unused."""
+  for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+    if folder.is_dir() and not any(folder.iterdir()):
+      folder.rmdir()
+
+
 def _download(url: str, dest: pathlib.Path, timeout: float) -> None:
   """Downloads `url` to `dest` through `dest`.part, resuming a partial one with HTTP Range.
 
@@ -120,7 +128,8 @@ def fetch(
     _verify(local, checksum, str(local), downloaded=False)
     return local
   name = filename or pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
-  dest = pathlib.Path(cache_dir).expanduser() / name
+  dest = pathlib.Path(cache_dir).expanduser().absolute() / name
+  created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
   if dest.is_file():
     try:
       _verify(dest, checksum, str(dest), downloaded=True)
@@ -148,6 +157,7 @@ def fetch(
                       file_digest(dest, "sha256"))
     _verify(dest, checksum, candidate, downloaded=True)
     return dest
+  remove_empty_folders(created)
   expected = f" ({checksum})" if checksum else ""
   raise errors.DataError(
       f"cannot fetch {name}: {'; '.join(failures)}. Offline, put {name}{expected} at {dest}, "

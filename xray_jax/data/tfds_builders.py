@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+from absl import logging
 
 from xray_jax import errors
 from xray_jax.data import download, folder, npz, splits
@@ -73,6 +74,11 @@ class _XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return download.fetch(self._url or url, self._checksum or checksum, download_dir,
                           self._mirror_url, filename, manual_hint)
 
+  def _log_download_bytes(self) -> None:
+    """Replaces TFDS's "Downloading ... Unknown size" line, printed before anything is
+    fetched (and wrong when the data comes from a local folder)."""
+    logging.info("Preparing %s in %s", self.name, self.data_dir)
+
   def _generate_examples(self, examples: Iterable[tuple[str, int, bytes]]):
     """(id, label, encoded gray image) -> TFDS examples keyed by id."""
     for example_id, label, image in examples:
@@ -112,8 +118,8 @@ class ChestXrayPneumonia(_XrayBuilder):
   def _extract(self) -> pathlib.Path:
     """Downloads and unpacks the archive; returns the folder that holds train/."""
     archive = self._fetch(self.URL, self.CHECKSUM, self.FILENAME,
-                          f", or put the folder layout (train/{{NORMAL,PNEUMONIA}}/*.jpeg, "
-                          f"optionally val/ and test/) in {self._manual_dir or 'the manual dir'}")
+                          ", or unpack it (train/{NORMAL,PNEUMONIA}/*.jpeg, optionally val/ "
+                          "and test/) and set config.data.dir to that folder")
     target = archive.with_name(archive.name + ".extracted")
     if not target.is_dir():
       partial = target.with_name(target.name + ".tmp")
@@ -198,14 +204,24 @@ def prepare(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
   chest_xray_pneumonia is prepared from `data.dir` when that holds the folder layout.
   """
+  tfds_root = pathlib.Path(data_config.tfds_data_dir or tfds.core.constants.DATA_DIR)
   builder = tfds.builder(
       data_config.tfds_name, data_dir=data_config.tfds_data_dir or None, file_format=FILE_FORMAT,
       url=data_config.download_url, checksum=data_config.checksum,
       download_dir=data_config.download_dir, mirror_url=data_config.mirror_url,
-      manual_dir=str(pathlib.Path(data_config.dir).expanduser()))
-  builder.download_and_prepare(
-      file_format=FILE_FORMAT,
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      manual_dir=str(pathlib.Path(data_config.dir).expanduser()) if data_config.dir else "")
+  # What TFDS may create on the way: removed again, if still empty, when preparing fails.
+  builder_dir = pathlib.Path(builder.data_dir)
+  extracted = tfds_root / "downloads" / "extracted"
+  made = [p for p in {*builder_dir.parents, builder_dir, *extracted.parents, extracted}
+          if not p.exists()]
+  try:
+    builder.download_and_prepare(
+        file_format=FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except errors.XrayError:
+    download.remove_empty_folders(made)
+    raise
   return builder
 
 
