@@ -1,9 +1,13 @@
 """`python -m xray_jax.main` as a user runs it, in a separate process."""
 
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 from conftest import REPO_ROOT
@@ -13,6 +17,11 @@ pytestmark = pytest.mark.slow
 TINY = ["--config.data.image_size=16", "--config.model.widths=4,8", "--config.model.dense=8",
         "--config.training.num_train_steps=6", "--config.training.eval_every_steps=3",
         "--config.training.checkpoint_every_steps=3", "--config.data.val_fraction=0.25"]
+
+
+def best_step(workdir) -> int:
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return max((m for m in lines if "val/auc" in m), key=lambda m: (m["val/auc"], m["step"]))["step"]
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
@@ -37,6 +46,11 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   assert (workdir / "checkpoints" / "6").is_dir()
   assert "Resumed" not in result.stderr
   assert "libtpu" not in result.stderr  # No misleading TPU message on a CPU machine.
+  assert "Step 1 done in" in result.stderr and "compilation included" in result.stderr
+  assert "step 6/6 epoch" in result.stderr  # Not a terminal: log lines, no progress bar.
+  assert (f"Finished at step 6. Best checkpoint: step {best_step(workdir)} (validation AUC"
+          in result.stderr)
+  assert f"python -m xray_jax.evaluate --workdir={workdir} --checkpoint=best" in result.stderr
 
   longer = [a.replace("num_train_steps=6", "num_train_steps=9") for a in args]
   more = run_main(*longer)
@@ -103,3 +117,27 @@ def test_help_lists_configs_and_print_config_explains_every_field():
   lines = printed.stdout.strip().splitlines()
   assert "training.global_batch_size = 32  # Summed over all devices of all hosts." in lines
   assert all("  # " in line for line in lines), [x for x in lines if "  # " not in x]
+
+
+def test_a_terminal_gets_a_progress_bar(dataset_dir, tmp_path):
+  controller, terminal = pty.openpty()
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "xray_jax.main", "--config=configs/pneumonia.py:runlocal",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.dir={dataset_dir}", *TINY],
+      cwd=REPO_ROOT, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+      stdout=terminal, stderr=subprocess.DEVNULL)
+  os.close(terminal)
+  shown = b""
+  while True:
+    try:
+      chunk = os.read(controller, 4096)
+    except OSError:  # The program ended and closed the terminal.
+      break
+    if not chunk:
+      break
+    shown += chunk
+  os.close(controller)
+  assert proc.wait(timeout=600) == 0
+  screen = shown.decode(errors="replace")
+  assert "training: 100%" in screen and "6/6" in screen and "step/s" in screen

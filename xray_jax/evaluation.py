@@ -5,7 +5,9 @@ import csv
 import functools
 import io
 import json
+import math
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +16,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -41,6 +44,7 @@ class Evaluator:
                mesh: jax.sharding.Mesh):
     self._records = records
     self._mesh = mesh
+    self._global_batch_size = global_batch_size
     self._dataset = input_pipeline.create_eval_dataset(
         records, data_config, global_batch_size, jax.process_index(), jax.process_count())
 
@@ -52,7 +56,10 @@ class Evaluator:
   def predict(self, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Returns (probabilities [N, classes], labels [N]) for the records, in order."""
     gathered = []
-    for local_batch in self._dataset:
+    batches = tqdm.tqdm(self._dataset, desc="predicting", unit="batch", leave=False,
+                        total=math.ceil(len(self._records) / self._global_batch_size),
+                        disable=jax.process_index() != 0 or not sys.stdout.isatty())
+    for local_batch in batches:
       batch = sharding.to_global_batch(local_batch, self._mesh)
       batch["probs"] = self._predict(variables, batch.pop("image"))
       gathered.append(multihost_utils.process_allgather(batch, tiled=True))

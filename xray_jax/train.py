@@ -30,6 +30,7 @@ from xray_jax import (
     sharding,
     workdir_lock,
 )
+from xray_jax import progress as training_progress
 from xray_jax.data import datasets
 
 
@@ -172,14 +173,22 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
   preemption_watcher = preemption.PreemptionWatcher()
 
+  progress = training_progress.TrainingProgress(
+      start_step, total_steps, steps_per_epoch, training.global_batch_size, enabled=is_chief)
   val_metrics: dict[str, float] = {}
   pending: list[dict[str, jax.Array]] = []
-  interval_start, interval_step = time.perf_counter(), start_step
+  logging.info("Compiling the train step; step %d follows", start_step + 1)
+  started = time.perf_counter()
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = sharding.to_global_batch(next(train_iter), mesh)
       state, metrics = p_train_step(state, batch)
       pending.append(metrics)
+      progress.advance()
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        logging.info("Step %d done in %.1f s, compilation included", step,
+                     time.perf_counter() - started)
       is_last = step == total_steps
       preempted = preemption_watcher.should_stop(step) and not is_last
       do_eval = (step % eval_every == 0 or is_last) and not preempted
@@ -187,18 +196,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       if step % training.log_every_steps == 0 or do_eval or do_save:
         train_metrics = _mean_metrics(pending, step)
         pending = []
-        elapsed = time.perf_counter() - interval_start
-        images_per_s = (step - interval_step) * training.global_batch_size / elapsed
-        eta = (total_steps - step) * elapsed / (step - interval_step)
-        logging.info(
-            "step %d/%d epoch %.2f: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s, "
-            "ETA %s", step, total_steps, step / steps_per_epoch, train_metrics["loss"],
-            train_metrics["accuracy"], train_metrics["learning_rate"], images_per_s,
-            _format_duration(eta))
+        images_per_s = progress.report(step, train_metrics)
         writer.write(step, {
             **{f"train/{k}": v for k, v in train_metrics.items()},
             "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
-        interval_start, interval_step = time.perf_counter(), step
       if do_eval:
         val_metrics = validate(state)
         logging.info("step %d validation: loss %.4f, accuracy %.4f, AUC %.4f", step,
@@ -213,18 +214,17 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
         multihost_utils.sync_global_devices("xray_jax: preemption checkpoint final")
         raise errors.Preempted(step)
       if do_eval or do_save:
-        interval_start = time.perf_counter()  # Keep validation and saving out of images/s.
+        progress.restart_clock()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
       val_metrics = validate(state)
   finally:
+    progress.close()
     preemption_watcher.close()
     checkpointer.close()
     writer.close()
+  if is_chief:
+    training_progress.log_summary(workdir, max(start_step, total_steps),
+                                  checkpointer.best_step())
   return val_metrics
 
-
-def _format_duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{seconds:02d}"
