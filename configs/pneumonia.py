@@ -66,6 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
   config.data.dicom_multiframe = "first"  # Multi-frame .dcm: use the first frame, or "error".
+  # Before training every train and validation image is decoded once, in parallel. stop:
+  # unreadable files stop the run, all listed in one message; skip: they are left out and
+  # listed in the log; off: no check.
+  config.data.check_images = "stop"
   # source=dicom_csv (RSNA Pneumonia Challenge layout): DIR/dicom_subdir/<id>.dcm, labelled by
   # a CSV with one or more rows per id; an id takes the highest label of its rows.
   config.data.labels_csv = "stage_2_train_labels.csv"  # Relative to data.dir unless absolute.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import checkpointing, errors, models, optimizers, sharding, train
+from xray_jax import checkpointing, errors, evaluation, models, optimizers, sharding, train
 
 pytestmark = pytest.mark.slow
 
@@ -87,11 +87,14 @@ def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path):
   assert [m["step"] for m in lines if "train/loss" in m] == [1, 2, 3, 4, 5, 6]
   assert [m["step"] for m in lines if "val/auc" in m] == [2, 4, 6]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-  # The latest is kept, plus one with the best validation AUC (ties: the later one).
+  # The latest is kept, plus one with the best validation AUC (ties: the later one), and
+  # the best before step 6 until the next save (step 6 was validated after its save).
   auc = {m["step"]: m["val/auc"] for m in lines if "val/auc" in m}
   best = max(auc, key=lambda step: (auc[step], step))
+  best_before = max((s for s in auc if s < 6), key=lambda step: (auc[step], step))
   kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert kept == sorted({6, best})
+  assert kept == sorted({6, best, best_before})
+  assert checkpointing.Checkpointer(workdir / "checkpoints", read_only=True).best_step() == best
 
   # Saved from 8 devices, restored onto 1.
   on_eight = restore_state(config, workdir, sharding.make_mesh())
@@ -124,13 +127,53 @@ def test_resuming_with_a_different_optimizer_is_reported(dataset_dir, tmp_path):
   assert (workdir / "checkpoints" / "2" / "state").is_dir()
 
 
-def test_corrupt_training_image_is_named(dataset_dir, tmp_path):
-  bad = dataset_dir / "train" / "PNEUMONIA" / "zz_broken.png"
-  bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-  config = tiny_config(dataset_dir, num_train_steps=12)
-  config.data.val_fraction = 0.05
-  with pytest.raises(errors.DataError, match="zz_broken.png: cannot read image"):
+def test_unreadable_images_are_all_reported_before_training(dataset_dir, tmp_path):
+  broken = [dataset_dir / "train" / "PNEUMONIA" / "zz_broken.png",
+            dataset_dir / "train" / "NORMAL" / "zz_empty.jpeg"]
+  broken[0].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  broken[1].write_bytes(b"")
+  config = tiny_config(dataset_dir, num_train_steps=4)
+  with pytest.raises(errors.DataError) as e:
     train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert str(e.value).startswith("2 images cannot be read")
+  for path in broken:  # Each one named, wherever the split put it.
+    assert f"{path}: cannot read image" in str(e.value)
+  assert not (tmp_path / "work" / "checkpoints").exists()
+
+  config.data.check_images = "skip"
+  workdir = tmp_path / "skipping"
+  train.train_and_evaluate(config, str(workdir))
+  assert (workdir / "checkpoints" / "4").is_dir()
+
+
+def test_checkpoint_is_saved_before_validation_and_best_is_among_validated(
+    dataset_dir, tmp_path, monkeypatch):
+  config = tiny_config(dataset_dir, num_train_steps=6, checkpoint_every_steps=1,
+                       keep_checkpoints=1)
+  workdir = tmp_path / "work"
+  train.train_and_evaluate(config, str(workdir))
+  validated = json.loads((workdir / "checkpoints" / checkpointing.VALIDATION_FILE).read_text())
+  assert sorted(int(s) for s in validated) == [2, 4, 6]
+  auc = {int(s): m["val/auc"] for s, m in validated.items()}
+  best_before = max((2, 4), key=lambda step: (auc[step], step))
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == sorted({6, best_before})  # Steps saved without validation are never "best".
+
+  original = evaluation.Evaluator.evaluate
+  calls = []
+
+  def fails_the_second_time(self, state):
+    calls.append(int(state.step))
+    if len(calls) == 2:
+      raise RuntimeError("validation failed")
+    return original(self, state)
+
+  monkeypatch.setattr(evaluation.Evaluator, "evaluate", fails_the_second_time)
+  failing = tmp_path / "failing"
+  with pytest.raises(RuntimeError, match="validation failed"):
+    train.train_and_evaluate(tiny_config(dataset_dir, num_train_steps=6), str(failing))
+  assert calls == [2, 4]
+  assert (failing / "checkpoints" / "4").is_dir()  # The training of steps 3-4 is kept.
 
 
 def test_batch_not_divisible_by_devices_is_reported(dataset_dir, tmp_path):

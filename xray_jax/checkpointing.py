@@ -1,10 +1,12 @@
 """Orbax checkpoints of the train state together with the input iterator's position, with
-file digests that are checked before every restore."""
+file digests that are checked before every restore, and a record of their validation."""
 
+import dataclasses
+import json
 import pathlib
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -15,37 +17,46 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from xray_jax import checkpoint_digests, errors
+from xray_jax import checkpoint_digests, errors, files
 
 # Validation metric that ranks checkpoints (higher is better), as the trainer names it.
 BEST_METRIC = "val/auc"
 DAMAGED_DIR = "checkpoints_damaged"  # Beside the checkpoints: damaged ones set aside.
+VALIDATION_FILE = "validation.json"  # In the checkpoints folder: step -> validation metrics.
 
 
-def _best_metric(metrics: Mapping[str, float]) -> float:
-  return metrics[BEST_METRIC]
+@dataclasses.dataclass
+class _KeepBest:
+  """Orbax preservation policy: keeps the step that `best_step` names."""
+
+  best_step: Callable[[], int | None]
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+    del context
+    best = self.best_step()
+    return [info.step == best for info in checkpoints]
 
 
 class Checkpointer:
   """Saves `{state, data}` every call to `save`; keeps the latest `keep` checkpoints and
-  the best one among those saved with validation metrics. Works unchanged on many hosts:
-  every process calls it. A `read_only` one (for evaluation jobs) never writes or deletes.
+  the best validated one. Works unchanged on many hosts: every process calls it. A
+  `read_only` one (for evaluation jobs) never writes or deletes.
 
-  Once a save is final, process 0 records the digests of its files (`checkpoint_digests`);
-  restores check them first and name what is damaged.
+  A checkpoint is saved before its step is validated (a failing validation loses no
+  training); `record_validation` adds the metrics to VALIDATION_FILE afterwards. Once a save
+  is final, process 0 records the digests of its files (`checkpoint_digests`); restores
+  check them first and name what is damaged.
   """
 
   def __init__(self, directory: pathlib.Path, keep: int = 1, read_only: bool = False):
     policy = checkpoint_managers.AnyPreservationPolicy([
-        checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1,
-                                  keep_checkpoints_without_metrics=False),
-    ])
+        checkpoint_managers.LatestN(n=keep), _KeepBest(self.best_step)])
     self._directory = directory.absolute()
+    self._validation = self._read_validation()
     self._manager = ocp.CheckpointManager(
         self._directory, item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
-            best_fn=_best_metric, best_mode="max", preservation_policy=policy,
+            preservation_policy=policy,
             create=not read_only, read_only=read_only,
             cleanup_tmp_directories=not read_only,  # Saves cut short by a kill.
             save_interval_steps=0 if read_only else 1))
@@ -61,23 +72,44 @@ class Checkpointer:
   def reload(self) -> None:
     """Rereads the directory, to see checkpoints another process finished since."""
     self._manager.reload()
+    self._validation = self._read_validation()
+
+  def _read_validation(self) -> dict[int, dict[str, float]]:
+    path = self._directory / VALIDATION_FILE
+    if path.is_file():
+      return {int(step): m for step, m in json.loads(path.read_text()).items()}
+    # Runs of older versions: the metrics were saved inside each checkpoint.
+    return {int(p.parts[-3]): json.loads(p.read_text())
+            for p in self._directory.glob("*/metrics/metrics") if p.parts[-3].isdigit()}
+
+  def record_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Adds the validation metrics of `step` (which must hold BEST_METRIC)."""
+    self._validation[step] = dict(metrics)
+    if jax.process_index() == 0:
+      files.write_atomically(self._directory / VALIDATION_FILE, json.dumps(
+          {str(s): m for s, m in sorted(self._validation.items())}, indent=1))
+
+  def validation(self, step: int) -> dict[str, float] | None:
+    """The validation metrics recorded for `step`, if it was validated."""
+    return self._validation.get(step)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The step with the best validation metric; None if no checkpoint has metrics."""
-    return self._manager.best_step()
+    """The kept checkpoint with the best validation metric (ties: the later one); None if
+    none was validated. (The previous best is kept too until the save after the validation
+    that replaced it.)"""
+    steps = set(self._manager.all_steps())
+    validated = [(m[BEST_METRIC], step) for step, m in self._validation.items() if step in steps]
+    return max(validated)[1] if validated else None
 
-  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
-           metrics: Mapping[str, float] | None = None) -> None:
-    """Starts an asynchronous save. `metrics`, when given, must hold the validation AUC;
-    checkpoints saved without them (between validations, on preemption) are never "best"."""
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
+    """Starts an asynchronous save of the state and the input position."""
     self._write_digests()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)),
-        metrics=None if metrics is None else dict(metrics))
+        data=grain.checkpoint.CheckpointSave(data_iterator)))
     self._undigested_step = step
 
   def _write_digests(self) -> None:

@@ -3,7 +3,7 @@
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import dicom, download, tfds_builders
+from xray_jax.data import dicom, download, image_check, tfds_builders
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -22,6 +22,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            "a fraction in (0, 1)")
   _require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
            data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
+  _require(data.check_images in image_check.MODES, "data.check_images", data.check_images,
+           ", ".join(image_check.MODES))
   algorithm, _, digest = data.checksum.partition(":")
   _require(not data.checksum or (algorithm in download.ALGORITHMS and bool(digest)),
            "data.checksum", data.checksum, "empty, md5:HEX or sha256:HEX")

@@ -1,7 +1,6 @@
 """Training progress for the person watching: a bar with ETA when stdout is a terminal,
 plain log lines (images/s, ETA) when it is not, and a summary with what to run next."""
 
-import json
 import pathlib
 import sys
 import time
@@ -9,8 +8,6 @@ from collections.abc import Mapping
 
 import tqdm
 from absl import logging
-
-from xray_jax import metric_writers
 
 
 def format_duration(seconds: float) -> str:
@@ -62,19 +59,13 @@ class TrainingProgress:
       self._bar.close()
 
 
-def log_summary(workdir: pathlib.Path, last_step: int, best_step: int | None) -> None:
+def log_summary(workdir: pathlib.Path, last_step: int, best_step: int | None,
+                best_metrics: Mapping[str, float] | None) -> None:
   """Where the run stands and what to run next."""
-  validated = {}
-  path = workdir / metric_writers.METRICS_FILE
-  for line in path.read_text().splitlines() if path.is_file() else []:
-    record = json.loads(line)
-    if "val/auc" in record:
-      validated[record["step"]] = record
-  best = validated.get(best_step)
   logging.info(
       "Finished at step %d. Best checkpoint: %s. Checkpoints: %s. Next:\n"
       "  python -m xray_jax.evaluate --workdir=%s --checkpoint=best --split=val\n"
       "  python -m xray_jax.predict --workdir=%s --checkpoint=best IMAGES_OR_FOLDERS",
-      last_step, "none validated yet" if best is None else
-      f"step {best_step} (validation AUC {best['val/auc']:.4f}, accuracy "
-      f"{best['val/accuracy']:.4f})", workdir / "checkpoints", workdir, workdir)
+      last_step, "none validated yet" if best_metrics is None else
+      f"step {best_step} (validation AUC {best_metrics['val/auc']:.4f}, accuracy "
+      f"{best_metrics['val/accuracy']:.4f})", workdir / "checkpoints", workdir, workdir)

@@ -31,7 +31,7 @@ from xray_jax import (
     workdir_lock,
 )
 from xray_jax import progress as training_progress
-from xray_jax.data import datasets
+from xray_jax.data import datasets, image_check
 
 
 class TrainState(train_state.TrainState):
@@ -132,7 +132,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
   sharding.check_batch_size(training.eval_batch_size, mesh, "training.eval_batch_size")
 
-  splits = datasets.load_splits(config.data, workdir, save=is_chief)
+  splits = image_check.check_splits(
+      datasets.load_splits(config.data, workdir, save=is_chief), config.data)
   num_classes = len(splits.class_names)
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   eval_every = _every(training.eval_every_steps, steps_per_epoch)
@@ -200,14 +201,15 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
         writer.write(step, {
             **{f"train/{k}": v for k, v in train_metrics.items()},
             "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
+      if do_save:  # Before validation: a failure there must not lose the training.
+        checkpointer.save(step, state, train_iter)
       if do_eval:
         val_metrics = validate(state)
         logging.info("step %d validation: loss %.4f, accuracy %.4f, AUC %.4f", step,
                      val_metrics["val/loss"], val_metrics["val/accuracy"],
                      val_metrics["val/auc"])
         writer.write(step, val_metrics)
-      if do_save:
-        checkpointer.save(step, state, train_iter, val_metrics if do_eval else None)
+        checkpointer.record_validation(step, val_metrics)
       if preempted:
         checkpointer.wait_until_finished()
         # Exit together: a launcher may stop every process once the first one exits.
@@ -224,7 +226,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     checkpointer.close()
     writer.close()
   if is_chief:
-    training_progress.log_summary(workdir, max(start_step, total_steps),
-                                  checkpointer.best_step())
+    best = checkpointer.best_step()
+    training_progress.log_summary(workdir, max(start_step, total_steps), best,
+                                  checkpointer.validation(best))
   return val_metrics
 
