@@ -79,7 +79,7 @@ def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path):
   config = tiny_config(dataset_dir, num_train_steps=6, keep_checkpoints=1)
   workdir = tmp_path / "work"
   final = train.train_and_evaluate(config, str(workdir))
-  assert set(final) >= {"val/accuracy", "val/auc", "val/loss"}
+  assert set(final) >= {"val/accuracy", "val/auc", "val/nll"}
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["dir"] == str(dataset_dir)
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
@@ -154,7 +154,7 @@ def test_checkpoint_is_saved_before_validation_and_best_is_among_validated(
   train.train_and_evaluate(config, str(workdir))
   validated = json.loads((workdir / "checkpoints" / checkpointing.VALIDATION_FILE).read_text())
   assert sorted(int(s) for s in validated) == [2, 4, 6]
-  auc = {int(s): m["val/auc"] for s, m in validated.items()}
+  auc = {int(s): m["auc"] for s, m in validated.items()}
   best_before = max((2, 4), key=lambda step: (auc[step], step))
   kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert kept == sorted({6, best_before})  # Steps saved without validation are never "best".

@@ -19,8 +19,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from xray_jax import checkpoint_digests, errors, files
 
-# Validation metric that ranks checkpoints (higher is better), as the trainer names it.
-BEST_METRIC = "val/auc"
+# The metric of `metrics.summarize` that ranks validated checkpoints (higher is better).
+BEST_METRIC = "auc"
 DAMAGED_DIR = "checkpoints_damaged"  # Beside the checkpoints: damaged ones set aside.
 VALIDATION_FILE = "validation.json"  # In the checkpoints folder: step -> validation metrics.
 
@@ -78,12 +78,13 @@ class Checkpointer:
     path = self._directory / VALIDATION_FILE
     if path.is_file():
       return {int(step): m for step, m in json.loads(path.read_text()).items()}
-    # Runs of older versions: the metrics were saved inside each checkpoint.
-    return {int(p.parts[-3]): json.loads(p.read_text())
+    # Runs of older versions: the metrics were saved inside each checkpoint, as "val/NAME".
+    return {int(p.parts[-3]): {k.removeprefix("val/"): v
+                               for k, v in json.loads(p.read_text()).items()}
             for p in self._directory.glob("*/metrics/metrics") if p.parts[-3].isdigit()}
 
   def record_validation(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Adds the validation metrics of `step` (which must hold BEST_METRIC)."""
+    """Adds the validation metrics (`metrics.summarize`) of `step`."""
     self._validation[step] = dict(metrics)
     if jax.process_index() == 0:
       files.write_atomically(self._directory / VALIDATION_FILE, json.dumps(

@@ -11,6 +11,14 @@ def _require(ok: bool, key: str, value, expected: str) -> None:
     raise errors.ConfigError(f"config.{key}={value!r}: expected {expected}")
 
 
+def _is_checksum(text: str) -> bool:
+  try:
+    download.parse_checksum(text)
+  except errors.ConfigError:
+    return False
+  return True
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
@@ -24,9 +32,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
   _require(data.check_images in image_check.MODES, "data.check_images", data.check_images,
            ", ".join(image_check.MODES))
-  algorithm, _, digest = data.checksum.partition(":")
-  _require(not data.checksum or (algorithm in download.ALGORITHMS and bool(digest)),
-           "data.checksum", data.checksum, "empty, md5:HEX or sha256:HEX")
+  _require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
+           "empty, md5:HEX or sha256:HEX")
   if data.source == "npz":
     _require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):

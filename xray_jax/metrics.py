@@ -25,7 +25,8 @@ def roc_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
 
 
 def summarize(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Accuracy, cross-entropy and ROC AUC (macro one-vs-rest beyond two classes)."""
+  """Accuracy, negative log-likelihood (plain: no label smoothing or class weights, unlike
+the training loss) and ROC AUC (macro one-vs-rest beyond two classes)."""
   probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
   num_classes = probs.shape[1]
   if num_classes == 2:
@@ -35,7 +36,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
   true_probs = probs[np.arange(len(labels)), labels]
   return {
       "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
-      "loss": float(-np.mean(np.log(np.clip(true_probs, 1e-12, None)))),
+      "nll": float(-np.mean(np.log(np.clip(true_probs, 1e-12, None)))),
       "auc": auc,
       "num_examples": len(labels),
   }

@@ -67,5 +67,5 @@ def log_summary(workdir: pathlib.Path, last_step: int, best_step: int | None,
       "  python -m xray_jax.evaluate --workdir=%s --checkpoint=best --split=val\n"
       "  python -m xray_jax.predict --workdir=%s --checkpoint=best IMAGES_OR_FOLDERS",
       last_step, "none validated yet" if best_metrics is None else
-      f"step {best_step} (validation AUC {best_metrics['val/auc']:.4f}, accuracy "
-      f"{best_metrics['val/accuracy']:.4f})", workdir / "checkpoints", workdir, workdir)
+      f"step {best_step} (validation AUC {best_metrics['auc']:.4f}, accuracy "
+      f"{best_metrics['accuracy']:.4f})", workdir / "checkpoints", workdir, workdir)

@@ -169,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
-  validate = lambda state: {f"val/{k}": v for k, v in evaluator.evaluate(state).items()}
+  prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
   start_step = int(state.step)
   writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
   preemption_watcher = preemption.PreemptionWatcher()
@@ -204,12 +204,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       if do_save:  # Before validation: a failure there must not lose the training.
         checkpointer.save(step, state, train_iter)
       if do_eval:
-        val_metrics = validate(state)
-        logging.info("step %d validation: loss %.4f, accuracy %.4f, AUC %.4f", step,
-                     val_metrics["val/loss"], val_metrics["val/accuracy"],
+        validation = evaluator.evaluate(state)
+        checkpointer.record_validation(step, validation)
+        val_metrics = prefixed(validation)
+        logging.info("step %d validation: NLL %.4f, accuracy %.4f, AUC %.4f", step,
+                     val_metrics["val/nll"], val_metrics["val/accuracy"],
                      val_metrics["val/auc"])
         writer.write(step, val_metrics)
-        checkpointer.record_validation(step, val_metrics)
       if preempted:
         checkpointer.wait_until_finished()
         # Exit together: a launcher may stop every process once the first one exits.
@@ -219,7 +220,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
         progress.restart_clock()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
-      val_metrics = validate(state)
+      val_metrics = prefixed(evaluator.evaluate(state))
   finally:
     progress.close()
     preemption_watcher.close()
