@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from xray_jax import models
+from xray_jax import errors, models
 
 SMALL = {"cnn": dict(widths=(4, 8), dense=(8,)), "resnet": dict(width=4)}
 
@@ -64,5 +64,5 @@ def test_cnn_dropout_is_random_in_training_only():
 def test_config_field_that_does_not_fit_the_model():
   config = small_config("resnet18")
   config.widths = (4, 8)
-  with pytest.raises(Exception, match="config.model does not fit 'resnet18'"):
+  with pytest.raises(errors.ConfigError, match="config.model does not fit 'resnet18'"):
     models.create_model(config, 2)
