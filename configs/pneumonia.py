@@ -65,6 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.std = 0.25  # Scale of that normalization.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
+  # The validation split keeps each patient's images on one side. A patient is the first
+  # group of this regular expression's first match in a file's path (relative to the dataset
+  # root); a path it does not match is a patient of its own. The default reads the public
+  # layout: person{ID}_{bacteria|virus}_{N}, IM-{ID}-{N}, NORMAL2-IM-{ID}-{N}.
+  config.data.group_pattern = r"(?:^|/)(person\d+|(?:NORMAL2-)?IM-\d+)[_-][^/]*$"
   config.data.dicom_multiframe = "first"  # Multi-frame .dcm: use the first frame, or "error".
   # Before training every train and validation image is decoded once, in parallel. stop:
   # unreadable files stop the run, all listed in one message; skip: they are left out and

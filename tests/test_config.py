@@ -52,6 +52,8 @@ def test_parse_arg_types_and_errors():
     ("training.global_batch_size", 0, "training.global_batch_size=0"),
     ("training.eval_every_steps", 0, "training.eval_every_steps=0"),
     ("model.pooling", "mean", "model.pooling='mean'"),
+    ("data.group_pattern", "person\\d+", "data.group_pattern='person"),
+    ("data.group_pattern", "(person", "data.group_pattern"),
 ])
 def test_check_config_names_the_bad_key(key, value, message):
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)

@@ -15,7 +15,8 @@ def data_config(root, **overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       source="folder", dir=str(root), label_rules="", image_size=16, grayscale=True,
       mean=0.5, std=0.25, dicom_multiframe="first",
-      val_fraction=0.25, split_seed=0, num_workers=0, read_threads=1, prefetch=2,
+      val_fraction=0.25, split_seed=0, group_pattern=r"(person\d+)_", num_workers=0,
+      read_threads=1, prefetch=2,
       augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
                    translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1)))
   config.update(overrides)
@@ -47,11 +48,12 @@ def test_missing_directory_and_empty_class_are_named(tmp_path, dataset_dir):
 
 def test_stratified_split_is_seeded_and_keeps_class_ratio():
   records = [{"path": f"{i}.png", "label": int(i < 30)} for i in range(100)]
-  train, val = splits.stratified_split(records, 0.1, seed=3)
+  groups = [r["path"] for r in records]  # One image per group: a split per image.
+  train, val = splits.stratified_split(records, groups, 0.1, seed=3)
   assert len(val) == 10 and sum(r["label"] for r in val) == 3
   assert {r["path"] for r in train}.isdisjoint(r["path"] for r in val)
-  assert splits.stratified_split(records, 0.1, seed=3)[1] == val
-  assert splits.stratified_split(records, 0.1, seed=4)[1] != val
+  assert splits.stratified_split(records, groups, 0.1, seed=3)[1] == val
+  assert splits.stratified_split(records, groups, 0.1, seed=4)[1] != val
 
 
 def test_split_is_saved_in_the_workdir_and_reused(dataset_dir, tmp_path):

@@ -1,5 +1,7 @@
 """Checks a resolved config before anything is built, naming the offending key."""
 
+import re
+
 import ml_collections
 
 from xray_jax import errors
@@ -19,6 +21,14 @@ def _is_checksum(text: str) -> bool:
   return True
 
 
+def _group_count(pattern: str) -> int:
+  """The number of groups in a regular expression; -1 when it does not compile."""
+  try:
+    return re.compile(pattern).groups
+  except re.error:
+    return -1
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
@@ -28,6 +38,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(data.std > 0, "data.std", data.std, "a positive number")
   _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
            "a fraction in (0, 1)")
+  _require(_group_count(data.group_pattern) >= 1, "data.group_pattern", data.group_pattern,
+           "a regular expression with a group (the patient id)")
   _require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
            data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
   _require(data.check_images in image_check.MODES, "data.check_images", data.check_images,

@@ -1,8 +1,9 @@
 """The RSNA Pneumonia Challenge layout: data.dir/data.dicom_subdir/<id>.dcm labelled by a CSV.
 
 The CSV may hold several rows per patient (RSNA lists one per box): the patient takes the
-highest label of its rows, so it is positive if any row is. One image per patient, so the
-validation split never puts a patient on both sides.
+highest label of its rows, so it is positive if any row is. One image per patient: unless
+data.group_pattern finds a patient id in <id>.dcm, each image is its own group in the
+patient-level validation split.
 """
 
 import csv

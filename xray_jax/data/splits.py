@@ -1,12 +1,16 @@
-"""A stratified, seeded validation split, saved in the workdir so evaluation reuses it."""
+"""A stratified, seeded, patient-level validation split, saved in the workdir so evaluation
+reuses it."""
 
+import collections
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from xray_jax import errors, files
 from xray_jax.data.folder import Record
@@ -24,51 +28,105 @@ class Splits:
   test: list[Record]  # Empty when the dataset has no test split.
 
 
+def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
+  """The group of each name: the first group of `pattern`'s first match in it (the patient
+  id), else the name itself, so an unmatched file is a patient of its own."""
+  regex = re.compile(pattern)
+  groups, unmatched = [], 0
+  for name in names:
+    match = regex.search(name)
+    if match and match.group(1):
+      groups.append(match.group(1))
+    else:
+      groups.append(name)
+      unmatched += 1
+  if names and unmatched == len(names):
+    logging.warning(
+        "none of the %d file paths matches data.group_pattern=%r: each image is its own "
+        "group, so the validation split is per image (right when every patient has one "
+        "image; otherwise a patient's images may be on both sides)",
+        len(names), pattern)
+  elif unmatched:
+    logging.info("%d of %d file paths match no data.group_pattern=%r: each is its own group",
+                 unmatched, len(names), pattern)
+  return groups
+
+
+def _group_labels(labels: Sequence[int], groups: Sequence[str]) -> dict[str, int]:
+  """Each group's most frequent label (the lowest on ties), by which groups are stratified."""
+  counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for label, group in zip(labels, groups, strict=True):
+    counts[group][label] += 1
+  return {group: min(c, key=lambda label: (-c[label], label)) for group, c in counts.items()}
+
+
 def stratified_split(
-    records: Sequence[Record], fraction: float, seed: int
+    records: Sequence[Record], groups: Sequence[str], fraction: float, seed: int
 ) -> tuple[list[Record], list[Record]]:
-  """Moves `fraction` of each class (at least one example) from train to validation."""
+  """Moves whole groups to validation, about `fraction` of each class's images (at least one
+  group per class), so that no group has records on both sides.
+
+  Groups are stratified by their most frequent label and visited in a seeded random order;
+  each is taken when it brings the class's validation count closer to its target.
+  """
   rng = np.random.default_rng(seed)
-  labels = np.array([r["label"] for r in records])
-  val_indices = []
-  for label in np.unique(labels):
-    indices = np.flatnonzero(labels == label)
-    count = max(1, round(fraction * len(indices)))
-    if count >= len(indices):
+  labels = [r["label"] for r in records]
+  sizes = collections.Counter(groups)
+  by_label: dict[int, list[str]] = collections.defaultdict(list)
+  for group, label in sorted(_group_labels(labels, groups).items()):
+    by_label[label].append(group)
+  val_groups = set()
+  for label, members in sorted(by_label.items()):
+    images = sum(sizes[g] for g in members)
+    target = max(1, round(fraction * images))
+    taken = 0
+    for group in rng.permutation(members):
+      if abs(taken + sizes[group] - target) < abs(taken - target) or not taken:
+        val_groups.add(group)
+        taken += sizes[group]
+    if all(g in val_groups for g in members):
       raise errors.DataError(
-          f"class {label} has {len(indices)} training images: too few to hold out "
-          f"data.val_fraction={fraction}")
-    val_indices.extend(rng.choice(indices, size=count, replace=False).tolist())
-  is_val = np.zeros(len(records), bool)
-  is_val[val_indices] = True
+          f"class {label} has {images} training images in {len(members)} groups (patients): "
+          f"too few to hold out data.val_fraction={fraction}")
+  is_val = [g in val_groups for g in groups]
   train = [r for r, v in zip(records, is_val, strict=True) if not v]
   val = [r for r, v in zip(records, is_val, strict=True) if v]
   return train, val
 
 
 def split_train_val(
-    records: Sequence[Record], root: pathlib.Path, fraction: float, seed: int,
+    records: Sequence[Record], root: pathlib.Path, data_config: ml_collections.ConfigDict,
     workdir: pathlib.Path, save: bool = True,
 ) -> tuple[list[Record], list[Record]]:
-  """Splits train into train and validation, reusing the split saved in `workdir` if any.
-
-  A new split is written to `workdir` when `save` (on process 0 of a multi-host job).
+  """Splits train into train and validation by patient, reusing the split saved in `workdir`
+  if any. A new split is written to `workdir` when `save` (on process 0 of a multi-host job).
   """
   path = workdir / SPLIT_FILE
+  names = [_relative(r, root) for r in records]
   if path.exists():
-    saved = set(json.loads(path.read_text())["val"])
-    val = [r for r in records if _relative(r, root) in saved]
-    if len(val) != len(saved):
+    saved_file = json.loads(path.read_text())
+    if "group_pattern" not in saved_file:
+      logging.warning("%s was made per image, before patient grouping: patients may be on "
+                      "both sides of it", path)
+    saved = set(saved_file["val"])
+    is_val = [name in saved for name in names]
+    if sum(is_val) != len(saved):
       raise errors.DataError(
-          f"{path}: {len(saved) - len(val)} validation images are no longer under {root}")
-    train = [r for r in records if _relative(r, root) not in saved]
-    return train, val
-  train, val = stratified_split(records, fraction, seed)
-  if not save:
-    return train, val
-  payload = {"val_fraction": fraction, "split_seed": seed,
-             "val": sorted(_relative(r, root) for r in val)}
-  files.write_atomically(path, json.dumps(payload, indent=1))
+          f"{path}: {len(saved) - sum(is_val)} validation images are no longer under {root}")
+    return ([r for r, v in zip(records, is_val, strict=True) if not v],
+            [r for r, v in zip(records, is_val, strict=True) if v])
+  fraction, seed = data_config.val_fraction, data_config.split_seed
+  groups = patient_groups(names, data_config.group_pattern)
+  train, val = stratified_split(records, groups, fraction, seed)
+  val_names = {_relative(r, root) for r in val}
+  val_groups = sorted({g for g, name in zip(groups, names, strict=True) if name in val_names})
+  logging.info("validation split: %d of %d groups (patients), %d of %d images",
+               len(val_groups), len(set(groups)), len(val), len(records))
+  if save:
+    payload = {"val_fraction": fraction, "split_seed": seed,
+               "group_pattern": data_config.group_pattern, "num_groups": len(set(groups)),
+               "val_groups": val_groups, "val": sorted(val_names)}
+    files.write_atomically(path, json.dumps(payload, indent=1))
   return train, val
 
 
@@ -81,10 +139,9 @@ def make_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool,
 ) -> Splits:
   """Splits from those a source holds (train required; val, test optional). Without val,
-  validation is carved from train (`data.val_fraction`, `data.split_seed`) and saved in
-  `workdir` by record path relative to `root`."""
+  validation is carved from train by patient (`data.group_pattern` on the record path
+  relative to `root`, `data.val_fraction`, `data.split_seed`) and saved in `workdir`."""
   train, val = found["train"], found.get("val")
   if val is None:
-    train, val = split_train_val(
-        train, root, data_config.val_fraction, data_config.split_seed, workdir, save)
+    train, val = split_train_val(train, root, data_config, workdir, save)
   return Splits(class_names, train, val, found.get("test", []))
