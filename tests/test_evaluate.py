@@ -16,7 +16,8 @@ import pytest
 import sklearn.metrics
 from conftest import REPO_ROOT
 
-from xray_jax import errors, evaluation, trained
+from xray_jax import errors, evaluation, stress, trained
+from xray_jax.data import shifts
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +130,30 @@ def test_watch_started_before_the_trainer_waits_for_the_run(trained_workdir, tmp
   watcher.join(timeout=300)
   assert not watcher.is_alive()
   assert done == [2, 4, 6]
+
+
+def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  result = subprocess.run(
+      [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", "--stress",
+       "--checkpoint=latest", "--alsologtostderr"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((workdir / "eval" / "stress_step6.json").read_text())
+  # No operating point was saved: the validation evaluation chose one first.
+  point = json.loads(trained.operating_point_path(workdir, 6).read_text())
+  assert report["threshold"] == point["threshold"]
+  val = json.loads(evaluation.report_path(workdir, "val", 6).read_text())
+  assert report["clean"]["at_0.5"]["roc_auc"] == pytest.approx(
+      val["at_0.5"]["positive_class"]["roc_auc"])
+  assert set(report["shifts"]) == set(shifts.SHIFTS)
+  results = [r for by_severity in report["shifts"].values() for r in by_severity.values()]
+  assert len(results) == 3 * len(shifts.SHIFTS)
+  for at in ("at_0.5", "at_operating_point"):
+    for score in stress.SCORES:
+      values = [r[at][score] for r in results if r[at][score] is not None]
+      assert report["mean"][at][score] == pytest.approx(np.mean(values))
+  with PIL.Image.open(workdir / "eval" / "stress_step6.png") as image:
+    assert image.format == "PNG" and min(image.size) > 100

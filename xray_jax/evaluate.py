@@ -1,11 +1,12 @@
 r"""Evaluates checkpoints of a training run, as a separate job.
 
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
-      [--split=val|test] [--checkpoint=best|latest|STEP] [--watch]
+      [--split=val|test] [--checkpoint=best|latest|STEP] [--watch | --stress]
 
 The model and preprocessing come from the run's saved config.json; --config, if given, only
 supplies the `evaluation` section (operating-point method, calibration bins). Reports,
-predictions and figures go to WORKDIR/eval/.
+predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
+controlled acquisition shifts (xray_jax.stress).
 """
 
 import pathlib
@@ -15,7 +16,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import cli, config_checks, errors, evaluation, logs, trained
+from xray_jax import cli, config_checks, errors, evaluation, logs, stress, trained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
@@ -27,6 +28,10 @@ flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 flags.DEFINE_string("data_dir", None, "Read the images from here instead of the saved "
                     "config's data.dir (same layout).")
 flags.DEFINE_bool("watch", False, "Evaluate every new checkpoint until the final step.")
+flags.DEFINE_bool("stress", False, "Stress test: the validation split under acquisition shifts "
+                  "(exposure, contrast, blur, noise, JPEG, resolution, framing), 3 severities "
+                  "each; writes eval/stress_step{N}.json and .png.")
+flags.DEFINE_integer("stress_seed", 0, "--stress: seeds the noise shift.")
 flags.DEFINE_float("poll_seconds", 30.0, "--watch: seconds between looks at the workdir.")
 flags.DEFINE_float("timeout_seconds", 3600.0,
                    "--watch: give up after this long without a new checkpoint.")
@@ -48,10 +53,15 @@ def main(argv: list[str]) -> None:
   logs.quiet_library_logs()
   try:
     workdir = pathlib.Path(FLAGS.workdir)
+    if FLAGS.stress and (FLAGS.watch or FLAGS.split != "val"):
+      raise app.UsageError("--stress evaluates the validation split: no --watch, --split=val")
     if FLAGS.watch:  # Started beside the trainer, perhaps before it.
       trained.wait_for_config(workdir, FLAGS.poll_seconds, FLAGS.timeout_seconds)
     evaluation_config = _evaluation_config(workdir)
-    if FLAGS.watch:
+    if FLAGS.stress:
+      stress.stress_test(FLAGS.workdir, FLAGS.checkpoint, evaluation_config, FLAGS.data_dir,
+                         seed=FLAGS.stress_seed)
+    elif FLAGS.watch:
       evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
                        FLAGS.poll_seconds, FLAGS.timeout_seconds)
     else:

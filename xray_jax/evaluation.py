@@ -32,7 +32,7 @@ from xray_jax import (
   sharding,
   trained,
 )
-from xray_jax.data import datasets
+from xray_jax.data import datasets, shifts
 from xray_jax.data.folder import Record
 
 
@@ -45,18 +45,22 @@ class Evaluator:
     self._records = records
     self._mesh = mesh
     self._global_batch_size = global_batch_size
-    self._dataset = input_pipeline.create_eval_dataset(
-        records, data_config, global_batch_size, jax.process_index(), jax.process_count())
+    self._dataset = functools.partial(
+        input_pipeline.create_eval_dataset, records, data_config, global_batch_size,
+        jax.process_index(), jax.process_count())
 
     self._predict = jax.jit(
         functools.partial(models.class_probabilities, model),
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.batch_sharded(mesh))
 
-  def predict(self, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (probabilities [N, classes], labels [N]) for the records, in order."""
+  def predict(self, variables: dict[str, Any], shift: shifts.Shift | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (probabilities [N, classes], labels [N]) for the records, in order, with the
+    images under an acquisition `shift` if given."""
     gathered = []
-    batches = tqdm.tqdm(self._dataset, desc="predicting", unit="batch", leave=False,
+    batches = tqdm.tqdm(self._dataset(shift=shift), desc="predicting", unit="batch",
+                        leave=False,
                         total=math.ceil(len(self._records) / self._global_batch_size),
                         disable=jax.process_index() != 0 or not sys.stdout.isatty())
     for local_batch in batches:
@@ -78,7 +82,8 @@ def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
   return workdir / trained.EVAL_DIR / f"{split}_step{step}.json"
 
 
-def _split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
+def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
+  """The records of a run's `split` ("val" or "test"), checked against its class names."""
   splits = datasets.load_splits(data_config, run.workdir, save=False)
   if splits.class_names != run.class_names:
     raise errors.DataError(
@@ -158,7 +163,7 @@ def evaluate_checkpoint(
   data_config = ml_collections.ConfigDict(run.config.data.to_dict())
   if data_dir:
     data_config.dir = data_dir
-  records = _split_records(run, data_config, split)
+  records = split_records(run, data_config, split)
   evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
                         mesh)
   probs, labels = evaluator.predict(run.variables)

@@ -1,13 +1,15 @@
 """grain pipelines: records -> decoded, augmented, normalized per-process batches."""
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 
 import grain
 import ml_collections
 import numpy as np
+import PIL.Image
 
-from xray_jax.data import augment, images
+from xray_jax.data import augment, images, shifts
 from xray_jax.data.folder import Record
 
 
@@ -20,20 +22,32 @@ class Preprocess:
   mean: float
   std: float
   dicom_multiframe: str = "first"
+  shift: shifts.Shift | None = None  # An acquisition shift (the stress test), or none.
 
   @classmethod
-  def from_config(cls, data_config: ml_collections.ConfigDict) -> "Preprocess":
+  def from_config(cls, data_config: ml_collections.ConfigDict,
+                  shift: shifts.Shift | None = None) -> "Preprocess":
     return cls(data_config.image_size, data_config.grayscale, data_config.mean,
-               data_config.std, data_config.dicom_multiframe)
+               data_config.std, data_config.dicom_multiframe, shift)
 
   def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
-    if "image" in record:  # npz and TFDS records carry their pixels (or a lazy TfdsImage).
-      image = images.load_array(np.asarray(record["image"]), self.image_size)
-    else:
-      image = images.load_image(record["path"], self.image_size, self.dicom_multiframe)
+    image = self.load(record)
     if augment_config is not None:
       image = augment.augment_image(image, augment_config, rng)
     return {"image": self.normalize(image), "label": np.int32(record["label"])}
+
+  def load(self, record: Record) -> np.ndarray:
+    """The record's gray image as float32 [image_size, image_size] in [0, 1]; the shift, if
+    any, acts on the decoded image at its own size, before the resize."""
+    if "image" in record:  # npz and TFDS records carry their pixels (or a lazy TfdsImage).
+      picture = images.array_picture(np.asarray(record["image"]))
+    else:
+      picture = images.decode_file(record["path"], self.dicom_multiframe,
+                                   draft_size=None if self.shift else self.image_size)
+    if self.shift is not None:
+      key = zlib.crc32(record["path"].encode())  # Noise tied to the image, not the order.
+      picture = PIL.Image.fromarray(self.shift(images.unit_pixels(picture), key), mode="F")
+    return images.resize(picture, self.image_size)
 
   def normalize(self, image: np.ndarray) -> np.ndarray:
     """A gray [S, S] image in [0, 1] -> normalized float32 [S, S, C]."""
@@ -102,15 +116,15 @@ def create_train_dataset(
 
 def create_eval_dataset(
     records: Sequence[Record], data_config: ml_collections.ConfigDict, global_batch_size: int,
-    process_index: int = 0, process_count: int = 1,
+    process_index: int = 0, process_count: int = 1, shift: shifts.Shift | None = None,
 ) -> grain.IterDataset:
-  """One pass over `records` in order, without augmentation.
+  """One pass over `records` in order, without augmentation (under `shift` if given).
 
   The records are padded to whole global batches; `mask` is 0 on padding, and `index`
   is the position in `records`.
   """
   padding = -len(records) % global_batch_size
   ds = grain.MapDataset.source(list(records) + [records[0]] * padding)
-  ds = ds.map_with_index(_Indexed(Preprocess.from_config(data_config), len(records)))
+  ds = ds.map_with_index(_Indexed(Preprocess.from_config(data_config, shift), len(records)))
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
                                           process_count), data_config)

@@ -115,3 +115,22 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: PathLike,
   bottom.bar(centers, counts, width=width, color="tab:gray", edgecolor="black", lw=0.5)
   bottom.set(xlabel="Top-label confidence", ylabel="Examples")
   return _save(figure, path)
+
+
+def plot_shift_curves(curves: dict[str, dict[str, list[float | None]]], path: PathLike,
+                      title: str = "Stress test") -> pathlib.Path:
+  """One panel per score: its value against shift severity (0 = no shift), one line per
+  shift. `curves`: score name -> shift name -> values at severities 0, 1, 2, ..."""
+  figure = Figure(figsize=(5.0 * len(curves), 4.5), dpi=100, layout="constrained")
+  FigureCanvasAgg(figure)
+  panels = figure.subplots(1, len(curves), squeeze=False)[0]
+  for axes, (score, by_shift) in zip(panels, curves.items(), strict=True):
+    for name, values in by_shift.items():
+      y = np.array([np.nan if v is None else v for v in values], float)
+      axes.plot(np.arange(len(y)), y, marker="o", lw=1.5, label=name)
+    axes.set(xlabel="Severity (0: none)", ylabel=score.replace("_", " "), ylim=(0, 1.02))
+    axes.set_xticks(np.arange(len(next(iter(by_shift.values())))))
+    axes.grid(alpha=0.3)
+  panels[0].legend(loc="lower left", fontsize=8)
+  figure.suptitle(title)
+  return _save(figure, path)

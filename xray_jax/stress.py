@@ -1,0 +1,106 @@
+"""The shift stress test: a checkpoint's validation metrics under controlled acquisition
+shifts (`xray_jax.data.shifts`), each at three severities, and their mean over all."""
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from xray_jax import evaluation, files, metrics, plots, sharding, trained
+from xray_jax.data import shifts
+
+SCORES = ("roc_auc", "sensitivity", "specificity", "accuracy")
+
+
+def report_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+  return workdir / trained.EVAL_DIR / f"stress_step{step}.json"
+
+
+def _scores(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+            threshold: float | None) -> dict[str, float | None]:
+  """ROC AUC, sensitivity, specificity and accuracy (of the positive class, or the macro
+  averages beyond two classes) at `threshold` (None: 0.5, or the argmax)."""
+  report = metrics.classification_report(probs, labels, class_names, threshold)
+  block = report.get("positive_class") or report["macro"]
+  return {"roc_auc": block["roc_auc"], "sensitivity": block["recall"],
+          "specificity": block["specificity"], "accuracy": report["accuracy"]}
+
+
+def _at_thresholds(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                   threshold: float | None) -> dict[str, dict]:
+  """Scores at 0.5 and, when there is one, at the saved operating threshold."""
+  result = {"at_0.5": _scores(probs, labels, class_names, None)}
+  if threshold is not None:
+    result["at_operating_point"] = _scores(probs, labels, class_names, threshold)
+  return result
+
+
+def _mean(results: list[dict[str, dict]]) -> dict[str, dict]:
+  """Each score's mean over `results` (None where a score is undefined in all)."""
+  mean = {}
+  for at in results[0]:
+    values = {score: [r[at][score] for r in results if r[at][score] is not None]
+              for score in SCORES}
+    mean[at] = {score: float(np.mean(v)) if v else None for score, v in values.items()}
+  return mean
+
+
+def _operating_threshold(run: trained.TrainedRun, evaluation_config: ml_collections.ConfigDict,
+                         data_dir: str | None, mesh: jax.sharding.Mesh) -> float | None:
+  """The threshold chosen on validation for a binary run (chosen now if not saved yet)."""
+  if len(run.class_names) != 2:
+    return None
+  if trained.load_threshold(run) is None:
+    evaluation.evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir,
+                                   mesh)
+  return trained.load_threshold(run)
+
+
+def stress_test(
+    workdir: str | pathlib.Path, checkpoint: str | int,
+    evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
+    mesh: jax.sharding.Mesh | None = None, seed: int = 0,
+) -> dict:
+  """Evaluates a checkpoint on the validation split, clean and under every shift at every
+  severity; writes WORKDIR/eval/stress_step{N}.json and its figure and returns the report."""
+  mesh = mesh or sharding.make_mesh()
+  run = trained.load(workdir, checkpoint, mesh)
+  data_config = ml_collections.ConfigDict(run.config.data.to_dict())
+  data_config.dir = data_dir or data_config.dir
+  records = evaluation.split_records(run, data_config, "val")
+  threshold = _operating_threshold(run, evaluation_config, data_dir, mesh)
+  evaluator = evaluation.Evaluator(run.model, records, data_config,
+                                   run.config.training.eval_batch_size, mesh)
+  names = list(run.class_names)
+  report = {"split": "val", "step": run.step, "workdir": str(run.workdir), "seed": seed,
+            "threshold": threshold,
+            "clean": _at_thresholds(*evaluator.predict(run.variables), names, threshold),
+            "shifts": {}}
+  results = []
+  for shift in shifts.all_shifts(seed):
+    results.append(_at_thresholds(*evaluator.predict(run.variables, shift), names, threshold))
+    report["shifts"].setdefault(shift.name, {})[str(shift.severity)] = {
+        "level": shift.level, **results[-1]}
+    logging.info("stress %s severity %d: %s", shift.name, shift.severity, results[-1])
+  report["mean"] = _mean(results)
+  logging.info("stress mean over %d shifted evaluations: %s", len(results), report["mean"])
+  if jax.process_index() == 0:
+    path = report_path(run.workdir, run.step)
+    files.write_atomically(path, json.dumps(report, indent=1))
+    _plot(report, path.with_suffix(".png"))
+  return report
+
+
+def _plot(report: dict, path: pathlib.Path) -> None:
+  """Each score against severity (0: clean), one line per shift, at the report's threshold."""
+  at = "at_operating_point" if report["threshold"] is not None else "at_0.5"
+  curves = {score: {name: [report["clean"][at][score],
+                           *(by_severity[str(s)][at][score] for s in shifts.SEVERITIES)]
+                    for name, by_severity in report["shifts"].items()}
+            for score in ("roc_auc", "sensitivity", "specificity")}
+  threshold = "0.5" if report["threshold"] is None else f"{report['threshold']:.3f}"
+  plots.plot_shift_curves(curves, path, f"Stress test, step {report['step']}, threshold "
+                          f"{threshold}")
