@@ -133,6 +133,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # false stops with an error that names it.
   config.training.restore_fallback = True
   config.training.eval_batch_size = 128  # Global batch for validation.
+  # Exponential moving average of the weights (and BatchNorm statistics), kept in the
+  # checkpoints and used by validation, evaluation and predict; e.g. 0.999. 0 disables.
+  config.training.ema_decay = 0.0
 
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
   config.evaluation.threshold_method = "youden"  # Operating point chosen on validation:

@@ -58,3 +58,29 @@ def test_sharded_step_matches_single_device(dataset_dir):
   for a, b in zip(jax.tree.leaves((params1, stats1)), jax.tree.leaves((params8, stats8)),
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_moving_average_follows_the_weights_with_a_ramped_decay(dataset_dir):
+  mesh = sharding.make_mesh()
+  state, _ = _state_and_step(mesh)
+  assert state.ema == {}  # Not kept unless asked for.
+  model = models.create_model(ml_collections.ConfigDict(dict(
+      name="cnn", dtype="float32", widths=(8, 16), dense=(16,), dropout=0.2)), 2)
+  schedule = optax.constant_schedule(3e-3)
+  tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
+      name="adamw", weight_decay=1e-4, grad_clip_norm=1.0)), schedule)
+  state = train.create_train_state(model, tx, (16, 16, 1), seed=0, mesh=mesh, ema=True)
+  step = train.make_train_step(mesh, schedule, ema_decay=0.99)
+  batch = sharding.to_global_batch(_fixed_batch(dataset_dir), mesh)
+  kernel = lambda tree: np.asarray(jax.device_get(tree["Dense_0"]["kernel"]))
+  seen = [kernel(state.params)]
+  for _ in range(2):
+    state, _ = step(state, batch)
+    seen.append(kernel(state.params))
+  # After step t the average moves with rate (1 + t) / (10 + t) while that is below 0.99.
+  rate1, rate2 = 2 / 11, 3 / 12
+  expected = rate2 * (rate1 * seen[0] + (1 - rate1) * seen[1]) + (1 - rate2) * seen[2]
+  np.testing.assert_allclose(kernel(state.ema["params"]), expected, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(kernel(state.ema["params"]), seen[2])
+  late = train.update_ema({"w": np.float32(1.0)}, {"w": np.float32(0.0)}, 0.99, 10**6)
+  np.testing.assert_allclose(late["w"], 0.99, rtol=1e-6)

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import checkpointing, errors, evaluation, models, optimizers, sharding, train
+from xray_jax import (
+    checkpointing,
+    errors,
+    evaluation,
+    models,
+    optimizers,
+    sharding,
+    train,
+    trained,
+)
+from xray_jax.data import datasets
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +29,8 @@ def restore_state(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh, step=N
   schedule = optimizers.create_learning_rate_schedule(config.optimizer, 10, 100)
   tx = optimizers.create_optimizer(config.optimizer, schedule)
   size = config.data.image_size
-  template = train.create_train_state(model, tx, (size, size, 1), config.seed, mesh)
+  template = train.create_train_state(model, tx, (size, size, 1), config.seed, mesh,
+                                      ema=config.training.ema_decay > 0)
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", 3)
   try:
     return checkpointer.restore(step or checkpointer.latest_step(), template)
@@ -102,6 +113,25 @@ def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path):
   assert on_one.params["Dense_0"]["kernel"].sharding.device_set == {jax.devices()[0]}
   for a, b in zip(jax.tree.leaves(on_eight), jax.tree.leaves(on_one), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_moving_average_is_checkpointed_and_used_for_validation_and_inference(
+    dataset_dir, tmp_path):
+  config = tiny_config(dataset_dir, ema_decay=0.9)
+  workdir = tmp_path / "work"
+  final = train.train_and_evaluate(config, str(workdir))
+  mesh = sharding.make_mesh()
+  state = restore_state(config, workdir, mesh)
+  assert set(state.ema) == {"params", "batch_stats"}
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+  assert not all(np.allclose(a, b) for a, b in zip(leaves(state.ema["params"]),
+                                                    leaves(state.params), strict=True))
+  run = trained.load(workdir, "latest", mesh)
+  for a, b in zip(leaves(run.variables), leaves(state.ema), strict=True):
+    np.testing.assert_array_equal(a, b)
+  splits = datasets.load_splits(config.data, workdir, save=False)
+  evaluator = evaluation.Evaluator(run.model, splits.val, config.data, 16, mesh)
+  assert evaluator.evaluate(run.variables)["auc"] == pytest.approx(final["val/auc"])
 
 
 def test_divergence_stops_training_and_keeps_checkpoints(dataset_dir, tmp_path):

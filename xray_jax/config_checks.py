@@ -73,6 +73,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
   _require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
            training.num_epochs, "> 0 (or training.num_train_steps > 0)")
+  _require(0 <= training.ema_decay < 1, "training.ema_decay", training.ema_decay,
+           "a value in [0, 1); 0 disables the moving average")
   check_evaluation_config(config.evaluation)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     _require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],

@@ -72,9 +72,9 @@ class Evaluator:
     real = order[result["mask"][order] > 0]
     return result["probs"][real], result["label"][real]
 
-  def evaluate(self, state) -> dict[str, float]:
-    """Accuracy, loss and ROC AUC of a train state on the records."""
-    probs, labels = self.predict({"params": state.params, "batch_stats": state.batch_stats})
+  def evaluate(self, variables: dict[str, Any]) -> dict[str, float]:
+    """Accuracy, loss and ROC AUC of model variables on the records."""
+    probs, labels = self.predict(variables)
     return metrics.summarize(probs, labels)
 
 

@@ -35,31 +35,35 @@ from xray_jax.data import datasets, image_check
 
 
 class TrainState(train_state.TrainState):
-  """Params and optimizer state, plus BatchNorm statistics and the dropout key."""
+  """Params and optimizer state, plus BatchNorm statistics, the dropout key and, when
+  training keeps one, an exponential moving average of the variables (else empty)."""
 
   batch_stats: Any
   rng: jax.Array
+  ema: Any  # {"params", "batch_stats"} averaged over steps, or {}.
 
 
 def create_train_state(
     model, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int,
-    mesh: jax.sharding.Mesh,
+    mesh: jax.sharding.Mesh, ema: bool = False,
 ) -> TrainState:
-  """Initializes the state, replicated over the mesh."""
+  """Initializes the state, replicated over the mesh; `ema`: keep a moving average too."""
 
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init(params_rng, jnp.zeros((1, *input_shape)), train=False)
+    batch_stats = variables.get("batch_stats", {})
     return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx,
-        batch_stats=variables.get("batch_stats", {}), rng=dropout_rng)
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=batch_stats,
+        rng=dropout_rng, ema={"params": variables["params"], "batch_stats": batch_stats}
+        if ema else {})
 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(seed))
 
 
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
-    label_smoothing: float, class_weights: np.ndarray | None,
+    label_smoothing: float, class_weights: np.ndarray | None, ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and batch metrics."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -79,18 +83,35 @@ def train_step(
       "grad_norm": optax.global_norm(grads),
       "learning_rate": schedule(state.step),
   }
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay > 0:
+    state = state.replace(ema=update_ema(state.ema, {"params": state.params,
+                                                      "batch_stats": state.batch_stats},
+                                         ema_decay, state.step))
+  return state, metrics
+
+
+def update_ema(ema: Any, variables: Any, decay: float, step: jax.Array) -> Any:
+  """The moving average after `step` updates. The decay ramps up, (1 + step) / (10 + step)
+  until it reaches `decay`, so early weights (often random) fade out of short runs."""
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda a, v: rate * a + (1.0 - rate) * v, ema, variables)
+
+
+def inference_variables(state: TrainState) -> dict[str, Any]:
+  """The variables that validation and evaluation use: the moving average when kept."""
+  return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def make_train_step(
     mesh: jax.sharding.Mesh, schedule: optax.Schedule, label_smoothing: float = 0.0,
-    class_weights: np.ndarray | None = None,
+    class_weights: np.ndarray | None = None, ema_decay: float = 0.0,
 ):
   """`train_step` compiled for `mesh`: state replicated and donated, batch sharded."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
       functools.partial(train_step, schedule=schedule, label_smoothing=label_smoothing,
-                        class_weights=class_weights),
+                        class_weights=class_weights, ema_decay=ema_decay),
       in_shardings=(replicated, sharding.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -153,7 +174,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   tx = optimizers.create_optimizer(config.optimizer, schedule)
   channels = 1 if config.data.grayscale else 3
   input_shape = (config.data.image_size, config.data.image_size, channels)
-  state = create_train_state(model, tx, input_shape, config.seed, mesh)
+  state = create_train_state(model, tx, input_shape, config.seed, mesh,
+                             ema=training.ema_decay > 0)
 
   train_iter = iter(input_pipeline.create_train_dataset(
       splits.train, config.data, training.global_batch_size, config.seed,
@@ -167,7 +189,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
 
   class_weights = losses.resolve_class_weights(
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
-  p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights)
+  p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
+                                 training.ema_decay)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
   start_step = int(state.step)
@@ -204,7 +227,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       if do_save:  # Before validation: a failure there must not lose the training.
         checkpointer.save(step, state, train_iter)
       if do_eval:
-        validation = evaluator.evaluate(state)
+        validation = evaluator.evaluate(inference_variables(state))
         checkpointer.record_validation(step, validation)
         val_metrics = prefixed(validation)
         logging.info("step %d validation: NLL %.4f, accuracy %.4f, AUC %.4f", step,
@@ -220,7 +243,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
         progress.restart_clock()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
-      val_metrics = prefixed(evaluator.evaluate(state))
+      val_metrics = prefixed(evaluator.evaluate(inference_variables(state)))
   finally:
     progress.close()
     preemption_watcher.close()

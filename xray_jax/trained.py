@@ -98,10 +98,18 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
             abstract[name])
         for name in ("params", "batch_stats") if name in abstract}
-    variables = checkpointer.restore_variables(step, abstract)
+    if uses_ema(config):  # The moving average of the same variables, kept beside them.
+      variables = checkpointer.restore_variables(step, {"ema": abstract})["ema"]
+    else:
+      variables = checkpointer.restore_variables(step, abstract)
   finally:
     checkpointer.close()
   return TrainedRun(workdir, config, class_names, model, step, dict(variables))
+
+
+def uses_ema(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run kept a moving average of its weights (runs before EMA had none)."""
+  return config.training.get("ema_decay", 0.0) > 0
 
 
 def operating_point_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
