@@ -4,7 +4,7 @@ import re
 
 import ml_collections
 
-from xray_jax import errors
+from xray_jax import errors, tta
 from xray_jax.data import dicom, download, image_check, tfds_builders
 
 
@@ -87,5 +87,6 @@ def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
            "evaluation.threshold_method", evaluation.threshold_method, "youden or sensitivity")
   _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
            evaluation.target_sensitivity, "a value in (0, 1]")
+  tta.configured_views(evaluation)  # Raises ConfigError for an unknown view.
   _require(evaluation.calibration_bins >= 1, "evaluation.calibration_bins",
            evaluation.calibration_bins, "a positive integer")

@@ -26,11 +26,11 @@ from xray_jax import (
   files,
   input_pipeline,
   metrics,
-  models,
   optimizers,
   plots,
   sharding,
   trained,
+  tta,
 )
 from xray_jax.data import datasets, shifts
 from xray_jax.data.folder import Record
@@ -41,7 +41,7 @@ class Evaluator:
 
   def __init__(self, model: nn.Module, records: Sequence[Record],
                data_config: ml_collections.ConfigDict, global_batch_size: int,
-               mesh: jax.sharding.Mesh):
+               mesh: jax.sharding.Mesh, views: tuple[str, ...] = ()):
     self._records = records
     self._mesh = mesh
     self._global_batch_size = global_batch_size
@@ -50,7 +50,7 @@ class Evaluator:
         jax.process_index(), jax.process_count())
 
     self._predict = jax.jit(
-        functools.partial(models.class_probabilities, model),
+        tta.predict_function(model, views),  # Averaged over test-time `views`, if any.
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.batch_sharded(mesh))
 
@@ -164,13 +164,14 @@ def evaluate_checkpoint(
   if data_dir:
     data_config.dir = data_dir
   records = split_records(run, data_config, split)
+  views = tta.configured_views(evaluation_config)
   evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
-                        mesh)
+                        mesh, views)
   probs, labels = evaluator.predict(run.variables)
   _check_finite(probs, records, run)
   names = list(run.class_names)
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
-            "data_dir": data_config.dir,
+            "data_dir": data_config.dir, "tta": list(views),
             "at_0.5": metrics.classification_report(probs, labels, names)}
   if len(names) == 2:
     point_path = trained.operating_point_path(run.workdir, run.step)

@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 from absl import app, flags, logging
 
-from xray_jax import cli, errors, gradcam, input_pipeline, logs, models, sharding, trained
+from xray_jax import cli, errors, gradcam, input_pipeline, logs, sharding, trained, tta
 from xray_jax.data.folder import IMAGE_SUFFIXES
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,7 @@ class Classifier:
     replicated = sharding.replicated(self._mesh)
     batch = sharding.batch_sharded(self._mesh)
     self._probs = jax.jit(
-        functools.partial(models.class_probabilities, run.model),
+        tta.predict_function(run.model, tta.configured_views(run.config.evaluation)),
         in_shardings=(replicated, batch), out_shardings=replicated)
     self._saliency = jax.jit(functools.partial(gradcam.grad_cam, run.model),
                              in_shardings=(replicated, batch, batch), out_shardings=replicated)

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import evaluation, files, metrics, plots, sharding, trained
+from xray_jax import evaluation, files, metrics, plots, sharding, trained, tta
 from xray_jax.data import shifts
 
 SCORES = ("roc_auc", "sensitivity", "specificity", "accuracy")
@@ -72,10 +72,12 @@ def stress_test(
   data_config.dir = data_dir or data_config.dir
   records = evaluation.split_records(run, data_config, "val")
   threshold = _operating_threshold(run, evaluation_config, data_dir, mesh)
+  views = tta.configured_views(evaluation_config)
   evaluator = evaluation.Evaluator(run.model, records, data_config,
-                                   run.config.training.eval_batch_size, mesh)
+                                   run.config.training.eval_batch_size, mesh, views)
   names = list(run.class_names)
   report = {"split": "val", "step": run.step, "workdir": str(run.workdir), "seed": seed,
+            "tta": list(views),
             "threshold": threshold,
             "clean": _at_thresholds(*evaluator.predict(run.variables), names, threshold),
             "shifts": {}}
