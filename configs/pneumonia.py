@@ -142,6 +142,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # youden (max sensitivity + specificity) or sensitivity (reach target_sensitivity).
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
+  # Fit a temperature on validation (saved with the operating point, which is then chosen
+  # on the scaled probabilities); evaluate and predict apply it.
+  config.evaluation.temperature_scaling = False
   # Test-time augmentation in evaluate and predict: probabilities averaged over the image and
   # these views: none, or a list of hflip (mirror), shift (4 moves of 4%), zoom (x1.1).
   config.evaluation.tta = "none"

@@ -21,6 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from xray_jax import (
+  calibration,
   checkpointing,
   errors,
   files,
@@ -147,6 +148,33 @@ def _check_finite(probs: np.ndarray, records: Sequence[Record], run: trained.Tra
         "damaged or diverged; no report written")
 
 
+def _operating_point(
+    run: trained.TrainedRun, split: str, probs: np.ndarray, labels: np.ndarray,
+    evaluation_config: ml_collections.ConfigDict, data_dir: str | None,
+    mesh: jax.sharding.Mesh,
+) -> dict:
+  """The temperature and, for two classes, the decision threshold chosen on validation:
+  chosen and saved now on split val, else read back (from a validation evaluation run
+  first if needed)."""
+  path = trained.operating_point_path(run.workdir, run.step)
+  if split != "val":
+    if not path.is_file():
+      evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir, mesh)
+    return json.loads(path.read_text())
+  point = {"step": run.step, "temperature": calibration.fit_temperature(probs, labels)
+           if evaluation_config.get("temperature_scaling", False) else 1.0}
+  if probs.shape[1] == 2:
+    calibrated = calibration.apply_temperature(probs, point["temperature"])
+    point.update(method=evaluation_config.threshold_method,
+                 target_sensitivity=evaluation_config.target_sensitivity,
+                 threshold=metrics.choose_threshold(
+                     labels == 1, calibrated[:, 1], evaluation_config.threshold_method,
+                     evaluation_config.target_sensitivity))
+  if jax.process_index() == 0:
+    files.write_atomically(path, json.dumps(point, indent=1))
+  return point
+
+
 def evaluate_checkpoint(
     workdir: str | pathlib.Path, split: str, checkpoint: str | int,
     evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
@@ -155,8 +183,9 @@ def evaluate_checkpoint(
   """Evaluates one checkpoint of a run on `split` ("val" or "test"); writes the report,
   predictions and figures to WORKDIR/eval/ and returns the report.
 
-  For two classes the decision threshold is chosen on validation (and saved); a test
-  report gives metrics at 0.5 and at that threshold.
+  The temperature (1 unless evaluation.temperature_scaling) and, for two classes, the
+  decision threshold are chosen on validation (and saved); a test report uses them and gives
+  metrics at 0.5 and at that threshold.
   """
   mesh = mesh or sharding.make_mesh()
   run = trained.load(workdir, checkpoint, mesh)
@@ -170,24 +199,12 @@ def evaluate_checkpoint(
   probs, labels = evaluator.predict(run.variables)
   _check_finite(probs, records, run)
   names = list(run.class_names)
+  point = _operating_point(run, split, probs, labels, evaluation_config, data_dir, mesh)
+  probs = calibration.apply_temperature(probs, point.get("temperature", 1.0))
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
-            "data_dir": data_config.dir, "tta": list(views),
+            "data_dir": data_config.dir, "tta": list(views), "operating_point": point,
             "at_0.5": metrics.classification_report(probs, labels, names)}
-  if len(names) == 2:
-    point_path = trained.operating_point_path(run.workdir, run.step)
-    if split == "val":
-      point = {"step": run.step, "method": evaluation_config.threshold_method,
-               "target_sensitivity": evaluation_config.target_sensitivity,
-               "threshold": metrics.choose_threshold(
-                   labels == 1, probs[:, 1], evaluation_config.threshold_method,
-                   evaluation_config.target_sensitivity)}
-      if jax.process_index() == 0:
-        files.write_atomically(point_path, json.dumps(point, indent=1))
-    else:
-      if not point_path.is_file():
-        evaluate_checkpoint(workdir, "val", run.step, evaluation_config, data_dir, mesh)
-      point = json.loads(point_path.read_text())
-    report["operating_point"] = point
+  if point.get("threshold") is not None:
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
   if jax.process_index() == 0:

@@ -25,7 +25,17 @@ import numpy as np
 import PIL.Image
 from absl import app, flags, logging
 
-from xray_jax import cli, errors, gradcam, input_pipeline, logs, sharding, trained, tta
+from xray_jax import (
+    calibration,
+    cli,
+    errors,
+    gradcam,
+    input_pipeline,
+    logs,
+    sharding,
+    trained,
+    tta,
+)
 from xray_jax.data.folder import IMAGE_SUFFIXES
 
 FLAGS = flags.FLAGS
@@ -64,6 +74,7 @@ class Classifier:
     self.run = run
     self.class_names = run.class_names
     self.threshold = trained.load_threshold(run)
+    self.temperature = trained.load_temperature(run)
     self._mesh = mesh or sharding.make_mesh()
     self._batch_size = -(-batch_size // self._mesh.size) * self._mesh.size
     self._preprocess = input_pipeline.Preprocess.from_config(run.config.data)
@@ -99,8 +110,8 @@ class Classifier:
     return np.concatenate(outputs)
 
   def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
-    """Probabilities for preprocessed inputs [N, S, S, C]."""
-    return self._batched(self._probs, inputs)
+    """Probabilities for preprocessed inputs [N, S, S, C] (temperature-scaled if fitted)."""
+    return calibration.apply_temperature(self._batched(self._probs, inputs), self.temperature)
 
   def saliency(self, inputs: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
     """Grad-CAM heat maps [N, S, S] in [0, 1] for the given classes."""

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import evaluation, files, metrics, plots, sharding, trained, tta
+from xray_jax import calibration, evaluation, files, metrics, plots, sharding, trained, tta
 from xray_jax.data import shifts
 
 SCORES = ("roc_auc", "sensitivity", "specificity", "accuracy")
@@ -48,15 +48,13 @@ def _mean(results: list[dict[str, dict]]) -> dict[str, dict]:
   return mean
 
 
-def _operating_threshold(run: trained.TrainedRun, evaluation_config: ml_collections.ConfigDict,
-                         data_dir: str | None, mesh: jax.sharding.Mesh) -> float | None:
-  """The threshold chosen on validation for a binary run (chosen now if not saved yet)."""
-  if len(run.class_names) != 2:
-    return None
-  if trained.load_threshold(run) is None:
+def _operating_point(run: trained.TrainedRun, evaluation_config: ml_collections.ConfigDict,
+                     data_dir: str | None, mesh: jax.sharding.Mesh) -> dict:
+  """The temperature and threshold chosen on validation (chosen now if not saved yet)."""
+  if not trained.load_operating_point(run):
     evaluation.evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir,
                                    mesh)
-  return trained.load_threshold(run)
+  return trained.load_operating_point(run)
 
 
 def stress_test(
@@ -71,19 +69,24 @@ def stress_test(
   data_config = ml_collections.ConfigDict(run.config.data.to_dict())
   data_config.dir = data_dir or data_config.dir
   records = evaluation.split_records(run, data_config, "val")
-  threshold = _operating_threshold(run, evaluation_config, data_dir, mesh)
+  point = _operating_point(run, evaluation_config, data_dir, mesh)
+  threshold, temperature = point.get("threshold"), point.get("temperature", 1.0)
   views = tta.configured_views(evaluation_config)
   evaluator = evaluation.Evaluator(run.model, records, data_config,
                                    run.config.training.eval_batch_size, mesh, views)
   names = list(run.class_names)
+
+  def scores(shift: shifts.Shift | None) -> dict[str, dict]:
+    probs, labels = evaluator.predict(run.variables, shift)
+    return _at_thresholds(calibration.apply_temperature(probs, temperature), labels, names,
+                          threshold)
+
   report = {"split": "val", "step": run.step, "workdir": str(run.workdir), "seed": seed,
-            "tta": list(views),
-            "threshold": threshold,
-            "clean": _at_thresholds(*evaluator.predict(run.variables), names, threshold),
-            "shifts": {}}
+            "tta": list(views), "temperature": temperature, "threshold": threshold,
+            "clean": scores(None), "shifts": {}}
   results = []
   for shift in shifts.all_shifts(seed):
-    results.append(_at_thresholds(*evaluator.predict(run.variables, shift), names, threshold))
+    results.append(scores(shift))
     report["shifts"].setdefault(shift.name, {})[str(shift.severity)] = {
         "level": shift.level, **results[-1]}
     logging.info("stress %s severity %d: %s", shift.name, shift.severity, results[-1])

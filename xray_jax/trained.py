@@ -117,7 +117,17 @@ def operating_point_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
   return workdir / EVAL_DIR / f"operating_point_step{step}.json"
 
 
+def load_operating_point(run: TrainedRun) -> dict:
+  """What validation chose for the run's step (temperature, threshold); {} if not yet."""
+  path = operating_point_path(run.workdir, run.step)
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_threshold(run: TrainedRun) -> float | None:
   """The run's saved decision threshold for its step, if evaluation has chosen one."""
-  path = operating_point_path(run.workdir, run.step)
-  return json.loads(path.read_text())["threshold"] if path.is_file() else None
+  return load_operating_point(run).get("threshold")
+
+
+def load_temperature(run: TrainedRun) -> float:
+  """The run's temperature fitted on validation for its step (1: none)."""
+  return load_operating_point(run).get("temperature", 1.0)
