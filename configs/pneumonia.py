@@ -95,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_workers = 4  # grain worker processes for decoding; 0 decodes in-process.
   config.data.read_threads = 2  # Threads that assemble batches in the main process.
   config.data.prefetch = 4  # Batches prepared ahead of the train step.
+  # Oversample the smaller classes so each fills about the same share of the training batches
+  # (an alternative to loss.class_weights=balanced; an epoch still counts the train images).
+  config.data.balanced_sampling = False
   config.data.augment = ml_collections.ConfigDict()  # Train split only.
   config.data.augment.rotation_degrees = 10.0  # Uniform rotation in [-r, r] degrees.
   config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];

@@ -16,7 +16,7 @@ def data_config(root, **overrides) -> ml_collections.ConfigDict:
       source="folder", dir=str(root), label_rules="", image_size=16, grayscale=True,
       mean=0.5, std=0.25, dicom_multiframe="first",
       val_fraction=0.25, split_seed=0, group_pattern=r"(person\d+)_", num_workers=0,
-      read_threads=1, prefetch=2,
+      read_threads=1, prefetch=2, balanced_sampling=False,
       augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
                    translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1)))
   config.update(overrides)
@@ -152,6 +152,25 @@ def test_train_pipeline_is_deterministic_and_shuffles(dataset_dir):
   labels = np.concatenate([b["label"] for b in first[:6]])
   assert labels.sum() == 24
   assert not np.array_equal(first[0]["image"], first[6]["image"])
+
+
+def test_balanced_sampling_evens_out_the_classes(dataset_dir):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"]
+  records = [r for r in records if r["label"] == 1] + [
+      r for r in records if r["label"] == 0][:5]  # 24 pneumonia, 5 normal.
+  balanced = input_pipeline.class_balanced(records, seed=0)
+  normal = [r["path"] for r in balanced if r["label"] == 0]
+  assert len(balanced) == 48 and len(normal) == 24
+  assert sorted(set(normal)) == sorted(r["path"] for r in records if r["label"] == 0)
+  assert max(normal.count(p) for p in normal) - min(normal.count(p) for p in normal) == 1
+  assert input_pipeline.class_balanced(records, seed=0) == balanced
+  config = data_config(dataset_dir, balanced_sampling=True)
+  labels = np.concatenate([b["label"] for b in _take(
+      input_pipeline.create_train_dataset(records, config, 8, seed=0), 12)])
+  assert abs(labels.mean() - 0.5) < 0.1  # Without it: 24 / 29 = 0.83.
+  plain = np.concatenate([b["label"] for b in _take(
+      input_pipeline.create_train_dataset(records, data_config(dataset_dir), 8, seed=0), 12)])
+  assert plain.mean() > 0.75
 
 
 def test_process_shards_make_up_the_global_batch(dataset_dir):

@@ -96,6 +96,22 @@ def _to_iter_dataset(ds: grain.MapDataset, data_config) -> grain.IterDataset:
   return it
 
 
+def class_balanced(records: Sequence[Record], seed: int) -> list[Record]:
+  """`records` with each class repeated up to the largest class's count: whole copies, then
+  a seeded random choice of distinct records for the remainder."""
+  rng = np.random.default_rng(seed)
+  by_label: dict[int, list[Record]] = {}
+  for record in records:
+    by_label.setdefault(record["label"], []).append(record)
+  target = max(len(members) for members in by_label.values())
+  balanced = []
+  for _, members in sorted(by_label.items()):
+    copies, remainder = divmod(target, len(members))
+    balanced.extend(members * copies)
+    balanced.extend(members[i] for i in sorted(rng.choice(len(members), remainder, replace=False)))
+  return balanced
+
+
 def create_train_dataset(
     records: Sequence[Record], data_config: ml_collections.ConfigDict, global_batch_size: int,
     seed: int, process_index: int = 0, process_count: int = 1,
@@ -106,8 +122,11 @@ def create_train_dataset(
   epochs, each shuffled differently; process p takes the p-th of its `process_count` equal
   slices, the rows its devices hold in the global array. Augmentation is seeded by the
   global position, so the batches do not depend on the number of processes or workers.
+  With `data.balanced_sampling`, the smaller classes are oversampled to the largest one's
+  count, so each class fills about the same share of every batch.
   """
-  ds = grain.MapDataset.source(list(records)).shuffle(seed=seed).repeat()
+  records = class_balanced(records, seed) if data_config.balanced_sampling else list(records)
+  ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat()
   ds = ds.random_map(_Augmented(Preprocess.from_config(data_config), data_config.augment),
                      seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
