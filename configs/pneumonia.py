@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.grayscale = True  # One channel; false replicates the gray image to three.
   config.data.mean = 0.5  # Normalization: (pixel in [0, 1] - mean) / std.
   config.data.std = 0.25  # Scale of that normalization.
+  # Per-image intensity standardization after the resize, in training, evaluation and
+  # predict: none, equalize (histogram equalization) or clahe (adaptive, contrast-limited).
+  config.data.intensity = "none"
+  config.data.clahe_clip_limit = 0.01  # clahe: contrast limit in (0, 1]; higher is stronger.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
   # The validation split keeps each patient's images on one side. A patient is the first

@@ -5,7 +5,7 @@ import re
 import ml_collections
 
 from xray_jax import errors, tta
-from xray_jax.data import dicom, download, image_check, tfds_builders
+from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -36,6 +36,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            "the dataset root folder")
   _require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
   _require(data.std > 0, "data.std", data.std, "a positive number")
+  _require(data.intensity in intensity.METHODS, "data.intensity", data.intensity,
+           " or ".join(intensity.METHODS))
+  _require(0 < data.clahe_clip_limit <= 1, "data.clahe_clip_limit", data.clahe_clip_limit,
+           "a value in (0, 1]")
   _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
            "a fraction in (0, 1)")
   _require(_group_count(data.group_pattern) >= 1, "data.group_pattern", data.group_pattern,

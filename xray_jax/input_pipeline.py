@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from xray_jax.data import augment, images, shifts
+from xray_jax.data import augment, images, intensity, shifts
 from xray_jax.data.folder import Record
 
 
@@ -23,12 +23,16 @@ class Preprocess:
   std: float
   dicom_multiframe: str = "first"
   shift: shifts.Shift | None = None  # An acquisition shift (the stress test), or none.
+  intensity: str = "none"  # Per-image standardization: intensity.METHODS.
+  clahe_clip_limit: float = 0.01
 
   @classmethod
   def from_config(cls, data_config: ml_collections.ConfigDict,
                   shift: shifts.Shift | None = None) -> "Preprocess":
+    # Runs saved before intensity standardization existed have no such fields.
     return cls(data_config.image_size, data_config.grayscale, data_config.mean,
-               data_config.std, data_config.dicom_multiframe, shift)
+               data_config.std, data_config.dicom_multiframe, shift,
+               data_config.get("intensity", "none"), data_config.get("clahe_clip_limit", 0.01))
 
   def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
     image = self.load(record)
@@ -37,8 +41,8 @@ class Preprocess:
     return {"image": self.normalize(image), "label": np.int32(record["label"])}
 
   def load(self, record: Record) -> np.ndarray:
-    """The record's gray image as float32 [image_size, image_size] in [0, 1]; the shift, if
-    any, acts on the decoded image at its own size, before the resize."""
+    """The record's gray image as float32 [image_size, image_size] in [0, 1], standardized;
+    the shift, if any, acts on the decoded image at its own size, before the resize."""
     if "image" in record:  # npz and TFDS records carry their pixels (or a lazy TfdsImage).
       picture = images.array_picture(np.asarray(record["image"]))
     else:
@@ -47,7 +51,11 @@ class Preprocess:
     if self.shift is not None:
       key = zlib.crc32(record["path"].encode())  # Noise tied to the image, not the order.
       picture = PIL.Image.fromarray(self.shift(images.unit_pixels(picture), key), mode="F")
-    return images.resize(picture, self.image_size)
+    return self.standardize(images.resize(picture, self.image_size))
+
+  def standardize(self, image: np.ndarray) -> np.ndarray:
+    """A gray [S, S] image in [0, 1], its intensities standardized per image."""
+    return intensity.standardize(image, self.intensity, self.clahe_clip_limit)
 
   def normalize(self, image: np.ndarray) -> np.ndarray:
     """A gray [S, S] image in [0, 1] -> normalized float32 [S, S, C]."""

@@ -87,16 +87,9 @@ class Classifier:
                              in_shardings=(replicated, batch, batch), out_shardings=replicated)
 
   def model_input(self, image: np.ndarray) -> np.ndarray:
-    """A gray image [H, W] (or [H, W, 1]), uint8 or float in [0, 1], as model input."""
-    image = np.asarray(image)
-    image = image[..., 0] if image.ndim == 3 else image
-    if image.dtype == np.uint8:
-      image = image.astype(np.float32) / 255.0
-    size = self._preprocess.image_size
-    if image.shape != (size, size):
-      image = np.asarray(PIL.Image.fromarray(image.astype(np.float32), mode="F").resize(
-          (size, size), PIL.Image.Resampling.BILINEAR))
-    return self._preprocess.normalize(image)
+    """A gray image [H, W] (or [H, W, 1 or 3]), uint8 or float in [0, 1], as model input:
+    resized, standardized and normalized as image files are."""
+    return self._preprocess({"image": np.asarray(image), "label": 0})["image"]
 
   def _batched(self, function, inputs: np.ndarray, *extra: np.ndarray) -> np.ndarray:
     outputs = []
