@@ -110,6 +110,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.hflip_prob = 0.0  # Chest films have a laterality: off by default.
   config.data.augment.brightness = 0.1  # Uniform offset in [-b, b] on the [0, 1] scale.
   config.data.augment.contrast = 0.1  # Uniform gain in [1 - c, 1 + c] around the mean.
+  # Stronger augmentation, off at 1 / 0 (the stress test's gamma, blur and noise shifts act
+  # the same way: with these on, the stress test partly measures what training saw).
+  config.data.augment.crop_area_min = 1.0  # Random resized crop of [a, 1] of the area first.
+  config.data.augment.gamma = 0.0  # Gamma exp(u), u uniform in [-g, g] (0.3: 0.74 to 1.35).
+  config.data.augment.blur_sigma = 0.0  # Gaussian blur, sigma uniform in [0, s] x width.
+  config.data.augment.noise_std = 0.0  # Gaussian noise, std uniform in [0, n].
 
   config.model = model_config(arg.model)
 

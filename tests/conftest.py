@@ -135,6 +135,16 @@ def write_npz(path: pathlib.Path, per_class: int = 10, size: int = 28, val: bool
   return found
 
 
+def no_augment(**overrides) -> ml_collections.ConfigDict:
+  """A `data.augment` section with every step off, then `overrides`."""
+  config = ml_collections.ConfigDict(dict(
+      rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
+      hflip_prob=0.0, brightness=0.0, contrast=0.0, crop_area_min=1.0, gamma=0.0,
+      blur_sigma=0.0, noise_std=0.0))
+  config.update(overrides)
+  return config
+
+
 def load_config_module(path: pathlib.Path):
   """Imports a config file the way `--config=PATH` does."""
   spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import no_augment
 
 from xray_jax import errors, input_pipeline
 from xray_jax.data import augment, datasets, folder, images, splits
@@ -18,7 +19,8 @@ def data_config(root, **overrides) -> ml_collections.ConfigDict:
       val_fraction=0.25, split_seed=0, group_pattern=r"(person\d+)_", num_workers=0,
       read_threads=1, prefetch=2, balanced_sampling=False,
       augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
-                   translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1)))
+                   translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1,
+                   crop_area_min=1.0, gamma=0.0, blur_sigma=0.0, noise_std=0.0)))
   config.update(overrides)
   return config
 
@@ -92,14 +94,6 @@ def test_truncated_jpeg_error_names_the_file(tmp_path):
     images.load_image(str(path), 16)
 
 
-def _no_augment(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
-      hflip_prob=0.0, brightness=0.0, contrast=0.0))
-  config.update(overrides)
-  return config
-
-
 def _point_image(size=9, row=1, col=4):
   image = np.zeros((size, size), np.float32)
   image[row, col] = 1.0
@@ -108,7 +102,7 @@ def _point_image(size=9, row=1, col=4):
 
 def test_identity_augmentation_changes_nothing():
   image = np.random.default_rng(0).uniform(size=(16, 16)).astype(np.float32)
-  out = augment.augment_image(image, _no_augment(), np.random.default_rng(1))
+  out = augment.augment_image(image, no_augment(), np.random.default_rng(1))
   np.testing.assert_allclose(out, image, atol=1e-6)
 
 
@@ -124,12 +118,48 @@ def test_affine_geometry_rotates_about_the_centre_and_shifts():
 
 def test_flip_and_intensity_augmentations():
   image = np.linspace(0, 1, 81, dtype=np.float32).reshape(9, 9)
-  flipped = augment.augment_image(image, _no_augment(hflip_prob=1.0), np.random.default_rng(0))
+  flipped = augment.augment_image(image, no_augment(hflip_prob=1.0), np.random.default_rng(0))
   np.testing.assert_allclose(flipped, image[:, ::-1], atol=1e-6)
-  brighter = augment.augment_image(image * 0.5, _no_augment(brightness=0.3),
+  brighter = augment.augment_image(image * 0.5, no_augment(brightness=0.3),
                                    np.random.default_rng(0))
   assert not np.allclose(brighter, image * 0.5)
   assert brighter.min() >= 0 and brighter.max() <= 1
+
+
+def test_random_resized_crop_zooms_into_part_of_the_image():
+  ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, :].repeat(64, axis=0)
+  for seed in range(5):
+    crop = augment.random_resized_crop(ramp, 0.25, np.random.default_rng(seed))
+    span = crop[:, -1] - crop[:, 0]
+    assert crop.shape == ramp.shape and 0.4 < span.mean() < 1.0
+    np.testing.assert_array_equal(
+        crop, augment.random_resized_crop(ramp, 0.25, np.random.default_rng(seed)))
+  whole = augment.augment_image(ramp, no_augment(), np.random.default_rng(0))
+  assert not np.allclose(whole, augment.augment_image(ramp, no_augment(crop_area_min=0.5),
+                                                      np.random.default_rng(0)))
+
+
+def test_gamma_blur_and_noise_augmentations():
+  rng = np.random.default_rng(0)
+  image = np.clip(0.5 + 0.2 * rng.normal(size=(32, 32)), 0.05, 0.95).astype(np.float32)
+  detail = lambda x: np.abs(np.diff(x)).mean()
+  blurred_detail = []
+  for seed in range(4):
+    out = augment.augment_image(image, no_augment(gamma=0.3), np.random.default_rng(seed))
+    gammas = np.log(out) / np.log(image)  # One gamma for every pixel, within the range.
+    assert np.ptp(gammas) < 1e-3 and np.exp(-0.3) <= gammas.mean() <= np.exp(0.3)
+    blurred = augment.augment_image(image, no_augment(blur_sigma=0.05),
+                                    np.random.default_rng(seed))
+    blurred_detail.append(detail(blurred))  # Sigma may be drawn near 0: no change.
+    assert blurred_detail[-1] <= detail(image) + 1e-6
+    noisy = augment.augment_image(image, no_augment(noise_std=0.1), np.random.default_rng(seed))
+    assert 0 < (noisy - image).std() <= 0.11
+  assert np.mean(blurred_detail) < 0.8 * detail(image)
+  # A step that is off draws no random numbers: the others are unchanged.
+  first = augment.augment_image(image, no_augment(brightness=0.2), np.random.default_rng(7))
+  again = augment.augment_image(image, no_augment(brightness=0.2, noise_std=0.0),
+                                np.random.default_rng(7))
+  np.testing.assert_array_equal(first, again)
 
 
 def _take(dataset, count):
@@ -193,7 +223,7 @@ def test_augmentation_applies_to_train_only(dataset_dir):
   for record, image in zip(records, eval_batch["image"], strict=True):
     np.testing.assert_allclose(image, preprocess(record)["image"])
   np.testing.assert_array_equal(eval_batch["label"], [r["label"] for r in records])
-  no_aug = data_config(dataset_dir, augment=_no_augment().to_dict())
+  no_aug = data_config(dataset_dir, augment=no_augment().to_dict())
   plain = _take(input_pipeline.create_train_dataset(records, no_aug, 8, seed=0), 1)[0]
   augmented = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 1)[0]
   np.testing.assert_array_equal(plain["label"], augmented["label"])

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import write_image
+from conftest import no_augment, write_image
 
 from xray_jax import evaluation, input_pipeline, predict, sharding
 from xray_jax.data import intensity
@@ -58,10 +58,7 @@ def test_training_evaluation_and_predict_apply_the_same_standardization(
       np.asarray(raw, np.float32) / 255, "clahe", 0.02))
   np.testing.assert_allclose(preprocess(record)["image"], expected, atol=1e-6)
   # Training (augmentation off) and evaluation batches hold that same input.
-  no_augment = ml_collections.ConfigDict(dict(
-      rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
-      hflip_prob=0.0, brightness=0.0, contrast=0.0))
-  trained_input = preprocess(record, no_augment, np.random.default_rng(0))["image"]
+  trained_input = preprocess(record, no_augment(), np.random.default_rng(0))["image"]
   np.testing.assert_allclose(trained_input, expected, atol=1e-6)
   classifier = predict.load(workdir)
   np.testing.assert_allclose(classifier.load_file(str(path)), expected, atol=1e-6)

@@ -62,7 +62,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            ">= 0")
   _require(0 < aug.scale_min <= aug.scale_max, "data.augment.scale_min", aug.scale_min,
            f"0 < scale_min <= scale_max ({aug.scale_max})")
-  for key in ("translate_fraction", "hflip_prob", "brightness", "contrast"):
+  _require(0 < aug.crop_area_min <= 1, "data.augment.crop_area_min", aug.crop_area_min,
+           "a value in (0, 1]; 1 disables the random resized crop")
+  for key in ("translate_fraction", "hflip_prob", "brightness", "contrast", "gamma",
+              "blur_sigma", "noise_std"):
     _require(0 <= aug[key] <= 1, f"data.augment.{key}", aug[key], "a value in [0, 1]")
   if config.model.name == "cnn":
     _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",

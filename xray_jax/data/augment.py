@@ -1,10 +1,14 @@
-"""Train-time augmentation of gray images: a random affine warp, flips and intensity."""
+"""Train-time augmentation of gray images: a random resized crop, an affine warp, flips,
+exposure and contrast, blur and noise. Each optional step draws random numbers only when
+it is on, so turning one on leaves the others' draws as they were."""
 
 import math
 
 import ml_collections
 import numpy as np
 import PIL.Image
+
+from xray_jax.data import shifts
 
 
 def _inverse_affine(
@@ -24,10 +28,28 @@ def _inverse_affine(
           -sin, cos, centre + sin * ox - cos * oy)
 
 
+def random_resized_crop(image: np.ndarray, area_min: float,
+                        rng: np.random.Generator) -> np.ndarray:
+  """A random crop of `area_min` to all of the image's area, aspect ratio 3/4 to 4/3, placed
+  uniformly, resized back to the image's size."""
+  size = image.shape[0]
+  area = rng.uniform(area_min, 1.0)
+  aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+  width = min(1.0, math.sqrt(area * aspect)) * size
+  height = min(1.0, math.sqrt(area / aspect)) * size
+  left, top = rng.uniform(0, size - width), rng.uniform(0, size - height)
+  cropped = PIL.Image.fromarray(image, mode="F").resize(
+      (size, size), PIL.Image.Resampling.BILINEAR, box=(left, top, left + width, top + height))
+  return np.asarray(cropped, dtype=np.float32)
+
+
 def augment_image(
     image: np.ndarray, config: ml_collections.ConfigDict, rng: np.random.Generator
 ) -> np.ndarray:
-  """Returns a randomly warped, flipped and re-exposed copy of a [H, W] image in [0, 1]."""
+  """Returns a randomly cropped, warped, flipped, re-exposed, blurred and noisy copy of a
+  [H, W] image in [0, 1]."""
+  if config.crop_area_min < 1:
+    image = random_resized_crop(image, config.crop_area_min, rng)
   size = image.shape[0]
   angle = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
   scale = rng.uniform(config.scale_min, config.scale_max)
@@ -42,4 +64,16 @@ def augment_image(
   gain = rng.uniform(1 - config.contrast, 1 + config.contrast)
   offset = rng.uniform(-config.brightness, config.brightness)
   mean = image.mean()
-  return np.clip((image - mean) * gain + mean + offset, 0.0, 1.0)
+  image = np.clip((image - mean) * gain + mean + offset, 0.0, 1.0)
+  # Gamma, blur and noise act as the stress test's shifts do, at a random level.
+  if config.gamma > 0:
+    image = _shift("gamma", image, math.exp(rng.uniform(-config.gamma, config.gamma)), rng)
+  if config.blur_sigma > 0:
+    image = _shift("blur", image, rng.uniform(0, config.blur_sigma), rng)
+  if config.noise_std > 0:
+    image = _shift("noise", image, rng.uniform(0, config.noise_std), rng)
+  return image
+
+
+def _shift(name: str, image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+  return np.clip(shifts.SHIFTS[name][0](image, level, rng), 0.0, 1.0).astype(np.float32)
