@@ -132,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.0  # Cross-entropy against (1 - s) * one_hot + s / classes.
   config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
+  # Mixup: each training image blended with another, weight ~ Beta(a, a), and so is its
+  # loss; e.g. 0.2. 0 disables.
+  config.loss.mixup_alpha = 0.0
 
   config.training = ml_collections.ConfigDict()
   config.training.global_batch_size = 64  # Summed over all devices of all hosts.

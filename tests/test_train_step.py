@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import losses, models, optimizers, sharding, train
 from xray_jax.data import folder
 from xray_jax.input_pipeline import Preprocess
 
@@ -84,3 +84,24 @@ def test_moving_average_follows_the_weights_with_a_ramped_decay(dataset_dir):
   assert not np.allclose(kernel(state.ema["params"]), seen[2])
   late = train.update_ema({"w": np.float32(1.0)}, {"w": np.float32(0.0)}, 0.99, 10**6)
   np.testing.assert_allclose(late["w"], 0.99, rtol=1e-6)
+
+
+def test_mixup_blends_images_and_losses_with_one_beta_weight(dataset_dir):
+  mesh = sharding.make_mesh()
+  state, _ = _state_and_step(mesh)
+  schedule = optax.constant_schedule(3e-3)
+  batch = sharding.to_global_batch(_fixed_batch(dataset_dir), mesh)
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  mix = jax.random.beta(jax.random.fold_in(dropout_rng, 1), 0.4, 0.4)
+  mixed = mix * batch["image"] + (1 - mix) * batch["image"][::-1]
+  logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, mixed,
+                             train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+  expected = (mix * losses.cross_entropy(logits, batch["label"], 0.05, None)
+              + (1 - mix) * losses.cross_entropy(logits, batch["label"][::-1], 0.05, None))
+  step = train.make_train_step(mesh, schedule, label_smoothing=0.05, mixup_alpha=0.4)
+  _, metrics = step(state, batch)
+  assert 0.0 < float(mix) < 1.0
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+  plain_state, plain_step = _state_and_step(mesh)
+  _, plain = plain_step(plain_state, batch)
+  assert abs(float(plain["loss"]) - float(expected)) > 1e-3

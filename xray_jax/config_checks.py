@@ -72,6 +72,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              config.model.pooling, "avg, max or flatten")
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
+  _require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,
+           ">= 0; 0 disables mixup")
   _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
            config.optimizer.learning_rate, "a positive number")
   _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",

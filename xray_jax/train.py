@@ -64,15 +64,27 @@ def create_train_state(
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
     label_smoothing: float, class_weights: np.ndarray | None, ema_decay: float = 0.0,
+    mixup_alpha: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a global batch; returns the new state and batch metrics."""
+  """One optimizer step on a global batch; returns the new state and batch metrics.
+
+  With `mixup_alpha` > 0, each image is blended with its mirror in the batch (the last
+  with the first, ...) by one weight drawn from Beta(alpha, alpha), and so is the loss.
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  images, mix = batch["image"], 1.0
+  if mixup_alpha > 0:
+    mix = jax.random.beta(jax.random.fold_in(dropout_rng, 1), mixup_alpha, mixup_alpha)
+    images = mix * images + (1.0 - mix) * images[::-1]
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     loss = losses.cross_entropy(logits, batch["label"], label_smoothing, class_weights)
+    if mixup_alpha > 0:
+      loss = mix * loss + (1.0 - mix) * losses.cross_entropy(
+          logits, batch["label"][::-1], label_smoothing, class_weights)
     return loss, (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -105,13 +117,14 @@ def inference_variables(state: TrainState) -> dict[str, Any]:
 
 def make_train_step(
     mesh: jax.sharding.Mesh, schedule: optax.Schedule, label_smoothing: float = 0.0,
-    class_weights: np.ndarray | None = None, ema_decay: float = 0.0,
+    class_weights: np.ndarray | None = None, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
 ):
   """`train_step` compiled for `mesh`: state replicated and donated, batch sharded."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
       functools.partial(train_step, schedule=schedule, label_smoothing=label_smoothing,
-                        class_weights=class_weights, ema_decay=ema_decay),
+                        class_weights=class_weights, ema_decay=ema_decay,
+                        mixup_alpha=mixup_alpha),
       in_shardings=(replicated, sharding.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -190,7 +203,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   class_weights = losses.resolve_class_weights(
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
-                                 training.ema_decay)
+                                 training.ema_decay, config.loss.mixup_alpha)
   evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
   start_step = int(state.step)
