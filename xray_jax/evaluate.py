@@ -1,7 +1,7 @@
 r"""Evaluates checkpoints of a training run, as a separate job.
 
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
-      [--split=val|test] [--checkpoint=best|latest|STEP] [--watch | --stress]
+      [--split=val|test] [--checkpoint=best|latest|STEP] [--watch | --stress | --ensemble=W2,W3]
 
 The model and preprocessing come from the run's saved config.json; --config, if given, only
 supplies the `evaluation` section (operating-point method, calibration bins). Reports,
@@ -16,7 +16,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import cli, config_checks, errors, evaluation, logs, stress, trained
+from xray_jax import cli, config_checks, errors, evaluation, logs, sharding, stress, trained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
@@ -32,6 +32,9 @@ flags.DEFINE_bool("stress", False, "Stress test: the validation split under acqu
                   "(exposure, contrast, blur, noise, JPEG, resolution, framing), 3 severities "
                   "each; writes eval/stress_step{N}.json and .png.")
 flags.DEFINE_integer("stress_seed", 0, "--stress: seeds the noise shift.")
+flags.DEFINE_list("ensemble", [], "Other workdirs (same validation images) whose probabilities "
+                  "are averaged with --workdir's, each at --checkpoint; writes "
+                  "eval/ensemble_* in --workdir.")
 flags.DEFINE_float("poll_seconds", 30.0, "--watch: seconds between looks at the workdir.")
 flags.DEFINE_float("timeout_seconds", 3600.0,
                    "--watch: give up after this long without a new checkpoint.")
@@ -55,6 +58,8 @@ def main(argv: list[str]) -> None:
     workdir = pathlib.Path(FLAGS.workdir)
     if FLAGS.stress and (FLAGS.watch or FLAGS.split != "val"):
       raise app.UsageError("--stress evaluates the validation split: no --watch, --split=val")
+    if FLAGS.ensemble and (FLAGS.stress or FLAGS.watch):
+      raise app.UsageError("--ensemble evaluates one checkpoint: no --stress or --watch")
     if FLAGS.watch:  # Started beside the trainer, perhaps before it.
       trained.wait_for_config(workdir, FLAGS.poll_seconds, FLAGS.timeout_seconds)
     evaluation_config = _evaluation_config(workdir)
@@ -65,8 +70,10 @@ def main(argv: list[str]) -> None:
       evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
                        FLAGS.poll_seconds, FLAGS.timeout_seconds)
     else:
+      mesh = sharding.make_mesh()
+      members = [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble]
       evaluation.evaluate_checkpoint(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                     evaluation_config, FLAGS.data_dir)
+                                     evaluation_config, FLAGS.data_dir, mesh, members)
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
 

@@ -33,7 +33,7 @@ from xray_jax import (
   trained,
   tta,
 )
-from xray_jax.data import datasets, shifts
+from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.folder import Record
 
 
@@ -149,19 +149,20 @@ def _check_finite(probs: np.ndarray, records: Sequence[Record], run: trained.Tra
 
 
 def _operating_point(
-    run: trained.TrainedRun, split: str, probs: np.ndarray, labels: np.ndarray,
-    evaluation_config: ml_collections.ConfigDict, data_dir: str | None,
-    mesh: jax.sharding.Mesh,
+    run: trained.TrainedRun, members: Sequence[trained.TrainedRun], split: str,
+    probs: np.ndarray, labels: np.ndarray, evaluation_config: ml_collections.ConfigDict,
+    data_dir: str | None, mesh: jax.sharding.Mesh,
 ) -> dict:
   """The temperature and, for two classes, the decision threshold chosen on validation:
   chosen and saved now on split val, else read back (from a validation evaluation run
   first if needed)."""
-  path = trained.operating_point_path(run.workdir, run.step)
   if split != "val":
-    if not path.is_file():
-      evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir, mesh)
-    return json.loads(path.read_text())
-  point = {"step": run.step, "temperature": calibration.fit_temperature(probs, labels)
+    if not trained.load_operating_point(run, members):
+      evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir, mesh,
+                          members)
+    return trained.load_operating_point(run, members)
+  point = {"step": run.step, **({"members": trained.member_names(members)} if members else {}),
+           "temperature": calibration.fit_temperature(probs, labels)
            if evaluation_config.get("temperature_scaling", False) else 1.0}
   if probs.shape[1] == 2:
     calibrated = calibration.apply_temperature(probs, point["temperature"])
@@ -171,49 +172,83 @@ def _operating_point(
                      labels == 1, calibrated[:, 1], evaluation_config.threshold_method,
                      evaluation_config.target_sensitivity))
   if jax.process_index() == 0:
-    files.write_atomically(path, json.dumps(point, indent=1))
+    files.write_atomically(trained.operating_point_path(
+        run.workdir, run.step, trained.output_prefix(members)), json.dumps(point, indent=1))
   return point
+
+
+def _member_probabilities(
+    runs: Sequence[trained.TrainedRun], records: Sequence[Record], data_dir: str | None,
+    views: tuple[str, ...], mesh: jax.sharding.Mesh,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The runs' class probabilities for `records`, averaged (each run with its own model and
+  preprocessing), and the labels."""
+  probs = []
+  for run in runs:
+    data_config = ml_collections.ConfigDict(run.config.data.to_dict())
+    data_config.dir = data_dir or data_config.dir
+    evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
+                          mesh, views)
+    member_probs, labels = evaluator.predict(run.variables)
+    _check_finite(member_probs, records, run)
+    probs.append(member_probs)
+  return np.mean(probs, axis=0), labels
+
+
+def _check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun]) -> None:
+  """Ensemble members must share the classes and the validation images of `run`."""
+  for member in members:
+    if member.class_names != run.class_names:
+      raise errors.DataError(f"{member.workdir}: classes {member.class_names} differ from "
+                             f"{run.workdir}'s {run.class_names}")
+    if splits.saved_validation(member.workdir) != splits.saved_validation(run.workdir):
+      raise errors.DataError(
+          f"{member.workdir}: validated on other images than {run.workdir} (its "
+          f"{splits.SPLIT_FILE} differs): the ensemble's validation would include images "
+          "a member trained on")
 
 
 def evaluate_checkpoint(
     workdir: str | pathlib.Path, split: str, checkpoint: str | int,
     evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
-    mesh: jax.sharding.Mesh | None = None,
+    mesh: jax.sharding.Mesh | None = None, members: Sequence[trained.TrainedRun] = (),
 ) -> dict:
   """Evaluates one checkpoint of a run on `split` ("val" or "test"); writes the report,
   predictions and figures to WORKDIR/eval/ and returns the report.
 
   The temperature (1 unless evaluation.temperature_scaling) and, for two classes, the
   decision threshold are chosen on validation (and saved); a test report uses them and gives
-  metrics at 0.5 and at that threshold.
+  metrics at 0.5 and at that threshold. With `members` (other runs, on the same validation
+  images), the runs' probabilities are averaged: an ensemble, reported as ensemble_*.
   """
   mesh = mesh or sharding.make_mesh()
   run = trained.load(workdir, checkpoint, mesh)
+  _check_members(run, members)
   data_config = ml_collections.ConfigDict(run.config.data.to_dict())
   if data_dir:
     data_config.dir = data_dir
   records = split_records(run, data_config, split)
   views = tta.configured_views(evaluation_config)
-  evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
-                        mesh, views)
-  probs, labels = evaluator.predict(run.variables)
-  _check_finite(probs, records, run)
+  probs, labels = _member_probabilities([run, *members], records, data_dir, views, mesh)
   names = list(run.class_names)
-  point = _operating_point(run, split, probs, labels, evaluation_config, data_dir, mesh)
+  point = _operating_point(run, members, split, probs, labels, evaluation_config, data_dir,
+                           mesh)
   probs = calibration.apply_temperature(probs, point.get("temperature", 1.0))
+  name = trained.output_prefix(members) + split
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
             "data_dir": data_config.dir, "tta": list(views), "operating_point": point,
+            **({"members": trained.member_names(members)} if members else {}),
             "at_0.5": metrics.classification_report(probs, labels, names)}
   if point.get("threshold") is not None:
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
   if jax.process_index() == 0:
-    prefix = run.workdir / trained.EVAL_DIR / f"{split}_step{run.step}"
+    prefix = run.workdir / trained.EVAL_DIR / f"{name}_step{run.step}"
     _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
                        labels, names)
     _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
-    files.write_atomically(report_path(run.workdir, split, run.step), json.dumps(report, indent=1))
-  _log_summary(split, run.step, report)
+    files.write_atomically(report_path(run.workdir, name, run.step), json.dumps(report, indent=1))
+  _log_summary(name, run.step, report)
   return report
 
 

@@ -67,22 +67,34 @@ class Prediction:
 
 
 class Classifier:
-  """A trained model as a function: `classifier(images)` -> probabilities [N, classes]."""
+  """A trained model as a function: `classifier(images)` -> probabilities [N, classes].
+
+  With `members` (other runs with the same classes and preprocessing), the probabilities
+  are the runs' average, an ensemble; Grad-CAM uses `run` alone.
+  """
 
   def __init__(self, run: trained.TrainedRun, batch_size: int = 32,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None,
+               members: Sequence[trained.TrainedRun] = ()):
     self.run = run
     self.class_names = run.class_names
-    self.threshold = trained.load_threshold(run)
-    self.temperature = trained.load_temperature(run)
+    self.threshold = trained.load_threshold(run, members)
+    self.temperature = trained.load_temperature(run, members)
     self._mesh = mesh or sharding.make_mesh()
     self._batch_size = -(-batch_size // self._mesh.size) * self._mesh.size
     self._preprocess = input_pipeline.Preprocess.from_config(run.config.data)
+    for member in members:
+      if (member.class_names != run.class_names or input_pipeline.Preprocess.from_config(
+          member.config.data) != self._preprocess):
+        raise errors.DataError(f"{member.workdir}: its classes or preprocessing differ from "
+                               f"{run.workdir}'s; an ensemble needs the same")
     replicated = sharding.replicated(self._mesh)
     batch = sharding.batch_sharded(self._mesh)
-    self._probs = jax.jit(
-        tta.predict_function(run.model, tta.configured_views(run.config.evaluation)),
-        in_shardings=(replicated, batch), out_shardings=replicated)
+    views = tta.configured_views(run.config.evaluation)
+    self._runs = [run, *members]
+    self._probs = [jax.jit(tta.predict_function(r.model, views),
+                           in_shardings=(replicated, batch), out_shardings=replicated)
+                   for r in self._runs]
     self._saliency = jax.jit(functools.partial(gradcam.grad_cam, run.model),
                              in_shardings=(replicated, batch, batch), out_shardings=replicated)
 
@@ -91,24 +103,27 @@ class Classifier:
     resized, standardized and normalized as image files are."""
     return self._preprocess({"image": np.asarray(image), "label": 0})["image"]
 
-  def _batched(self, function, inputs: np.ndarray, *extra: np.ndarray) -> np.ndarray:
+  def _batched(self, function, variables, inputs: np.ndarray, *extra: np.ndarray) -> np.ndarray:
     outputs = []
     for start in range(0, len(inputs), self._batch_size):
       chunk = [x[start:start + self._batch_size] for x in (inputs, *extra)]
       padding = -len(chunk[0]) % self._mesh.size
       padded = [np.concatenate([x, np.repeat(x[:1], padding, axis=0)]) for x in chunk]
-      result = function(self.run.variables, *(
+      result = function(variables, *(
           jax.device_put(x, sharding.batch_sharded(self._mesh)) for x in padded))
       outputs.append(np.asarray(result)[:len(chunk[0])])
     return np.concatenate(outputs)
 
   def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
     """Probabilities for preprocessed inputs [N, S, S, C] (temperature-scaled if fitted)."""
-    return calibration.apply_temperature(self._batched(self._probs, inputs), self.temperature)
+    probs = np.mean([self._batched(function, r.variables, inputs)
+                     for function, r in zip(self._probs, self._runs, strict=True)], axis=0)
+    return calibration.apply_temperature(probs, self.temperature)
 
   def saliency(self, inputs: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
     """Grad-CAM heat maps [N, S, S] in [0, 1] for the given classes."""
-    return self._batched(self._saliency, inputs, class_indices.astype(np.int32))
+    return self._batched(self._saliency, self.run.variables, inputs,
+                         class_indices.astype(np.int32))
 
   def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return self.predict_inputs(np.stack([self.model_input(x) for x in images]))
@@ -123,9 +138,12 @@ class Classifier:
 
 
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
-         batch_size: int = 32) -> Classifier:
-  """The classifier of a training run's checkpoint ("latest", "best" or a step)."""
-  return Classifier(trained.load(workdir, checkpoint), batch_size)
+         batch_size: int = 32, ensemble: Sequence[str | pathlib.Path] = ()) -> Classifier:
+  """The classifier of a training run's checkpoint ("latest", "best" or a step), averaged
+  with the same checkpoint of the `ensemble` workdirs if any."""
+  mesh = sharding.make_mesh()
+  members = [trained.load(w, checkpoint, mesh) for w in ensemble]
+  return Classifier(trained.load(workdir, checkpoint, mesh), batch_size, mesh, members)
 
 
 def find_images(paths: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -220,7 +238,7 @@ def main(argv: list[str]) -> None:
       raise errors.ConfigError(
           f"--saliency_dir={saliency_dir} is not empty; pass --overwrite to write into it")
     paths, failures = find_images(argv[1:])
-    classifier = load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.batch_size)
+    classifier = load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.ensemble)
     predictions, unreadable = classify_files(classifier, paths, saliency_dir)
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
@@ -245,6 +263,9 @@ def define_flags() -> None:
   flags.DEFINE_string("saliency_dir", None, "Write Grad-CAM overlays (PNG) here.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
   flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
+  flags.DEFINE_list("ensemble", [], "Other workdirs whose probabilities are averaged with "
+                    "--workdir's (same classes and preprocessing); the threshold is the one "
+                    "`evaluate --ensemble` chose for the same members.")
   flags.mark_flags_as_required(["workdir"])
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -112,22 +113,34 @@ def uses_ema(config: ml_collections.ConfigDict) -> bool:
   return config.training.get("ema_decay", 0.0) > 0
 
 
-def operating_point_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+def output_prefix(members: Sequence[TrainedRun]) -> str:
+  """File-name prefix of evaluation outputs: "ensemble_" when other runs join this one."""
+  return "ensemble_" if members else ""
+
+
+def operating_point_path(workdir: pathlib.Path, step: int, prefix: str = "") -> pathlib.Path:
   """Where the decision threshold chosen on validation for `step` is kept."""
-  return workdir / EVAL_DIR / f"operating_point_step{step}.json"
+  return workdir / EVAL_DIR / f"{prefix}operating_point_step{step}.json"
 
 
-def load_operating_point(run: TrainedRun) -> dict:
-  """What validation chose for the run's step (temperature, threshold); {} if not yet."""
-  path = operating_point_path(run.workdir, run.step)
-  return json.loads(path.read_text()) if path.is_file() else {}
+def load_operating_point(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> dict:
+  """What validation chose for the run's step (temperature, threshold), alone or averaged
+  with `members`; {} if not yet (or chosen for other members)."""
+  path = operating_point_path(run.workdir, run.step, output_prefix(members))
+  point = json.loads(path.read_text()) if path.is_file() else {}
+  return point if point.get("members", []) == member_names(members) else {}
 
 
-def load_threshold(run: TrainedRun) -> float | None:
-  """The run's saved decision threshold for its step, if evaluation has chosen one."""
-  return load_operating_point(run).get("threshold")
+def member_names(members: Sequence[TrainedRun]) -> list[str]:
+  """How reports name ensemble members: workdir:step."""
+  return [f"{m.workdir}:{m.step}" for m in members]
 
 
-def load_temperature(run: TrainedRun) -> float:
-  """The run's temperature fitted on validation for its step (1: none)."""
-  return load_operating_point(run).get("temperature", 1.0)
+def load_threshold(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> float | None:
+  """The saved decision threshold for the run's step (with `members`), if chosen."""
+  return load_operating_point(run, members).get("threshold")
+
+
+def load_temperature(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> float:
+  """The temperature fitted on validation for the run's step (with `members`); 1: none."""
+  return load_operating_point(run, members).get("temperature", 1.0)

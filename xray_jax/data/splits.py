@@ -130,6 +130,12 @@ def split_train_val(
   return train, val
 
 
+def saved_validation(workdir: pathlib.Path) -> list[str] | None:
+  """The validation images recorded in `workdir` (None: the source had its own split)."""
+  path = pathlib.Path(workdir) / SPLIT_FILE
+  return json.loads(path.read_text())["val"] if path.is_file() else None
+
+
 def _relative(record: Record, root: pathlib.Path) -> str:
   return pathlib.Path(record["path"]).relative_to(root).as_posix()
 

@@ -1,0 +1,62 @@
+"""Ensembles: evaluate and predict average the probabilities of several runs."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from xray_jax import errors, evaluation, predict, train, trained
+
+pytestmark = pytest.mark.slow
+
+
+def _probs(path) -> np.ndarray:
+  rows = list(csv.DictReader(path.open()))
+  return np.array([[float(r["prob_NORMAL"]), float(r["prob_PNEUMONIA"])] for r in rows])
+
+
+def test_evaluate_and_predict_average_the_members(trained_workdir, tmp_path):
+  first = tmp_path / "first"
+  shutil.copytree(trained_workdir, first)
+  second = tmp_path / "second"
+  config = tiny_config(trained_workdir.parent / "data", num_train_steps=6, seed=1)
+  train.train_and_evaluate(config, str(second))
+  evaluation_config = config.evaluation
+  for workdir in (first, second):
+    evaluation.evaluate_checkpoint(workdir, "test", "latest", evaluation_config)
+  members = [trained.load(second)]
+  report = evaluation.evaluate_checkpoint(first, "test", "latest", evaluation_config,
+                                          members=members)
+  assert report["members"] == [f"{second}:6"]
+  ensemble = _probs(first / "eval" / "ensemble_test_step6_predictions.csv")
+  singles = [_probs(w / "eval" / "test_step6_predictions.csv") for w in (first, second)]
+  np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), atol=2e-6)
+  point = json.loads(trained.operating_point_path(first, 6, "ensemble_").read_text())
+  assert point["members"] == report["members"] and report["operating_point"] == point
+  single_point = json.loads(trained.operating_point_path(first, 6).read_text())
+  assert "members" not in single_point  # The single run's operating point is its own.
+  assert (first / "eval" / "ensemble_val_step6.json").is_file()
+
+  classifier = predict.load(first, ensemble=[second])
+  assert classifier.threshold == point["threshold"]
+  rows = list(csv.DictReader((first / "eval" / "test_step6_predictions.csv").open()))
+  inputs = np.stack([classifier.load_file(r["path"]) for r in rows])
+  np.testing.assert_allclose(classifier.predict_inputs(inputs), ensemble, atol=2e-6)
+  assert predict.load(first).threshold == single_point["threshold"]
+
+
+def test_members_must_share_the_validation_images(trained_workdir, tmp_path):
+  workdir, other = tmp_path / "work", tmp_path / "other"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.copytree(trained_workdir, other)
+  split_file = other / "data_split.json"
+  saved = json.loads(split_file.read_text())
+  saved["val"] = saved["val"][1:]
+  split_file.write_text(json.dumps(saved))
+  with pytest.raises(errors.DataError, match="validated on other images"):
+    evaluation.evaluate_checkpoint(workdir, "val", "latest",
+                                   trained.load_config(workdir).evaluation,
+                                   members=[trained.load(other)])
