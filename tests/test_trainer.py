@@ -189,16 +189,16 @@ def test_checkpoint_is_saved_before_validation_and_best_is_among_validated(
   kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert kept == sorted({6, best_before})  # Steps saved without validation are never "best".
 
-  original = evaluation.Evaluator.evaluate
+  original = train.inference_variables  # What each validation evaluates.
   calls = []
 
-  def fails_the_second_time(self, state):
+  def fails_the_second_time(state):
     calls.append(int(state.step))
     if len(calls) == 2:
       raise RuntimeError("validation failed")
-    return original(self, state)
+    return original(state)
 
-  monkeypatch.setattr(evaluation.Evaluator, "evaluate", fails_the_second_time)
+  monkeypatch.setattr(train, "inference_variables", fails_the_second_time)
   failing = tmp_path / "failing"
   with pytest.raises(RuntimeError, match="validation failed"):
     train.train_and_evaluate(tiny_config(dataset_dir, num_train_steps=6), str(failing))
