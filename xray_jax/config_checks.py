@@ -6,6 +6,7 @@ import ml_collections
 
 from xray_jax import errors, tta
 from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
+from xray_jax.models import conv
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -70,6 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name == "cnn":
     _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
+  conv_impl = config.model.get("conv_impl", "auto")
+  _require(conv_impl in conv.IMPLS, "model.conv_impl", conv_impl, " or ".join(conv.IMPLS))
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
   _require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,

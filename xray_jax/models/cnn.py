@@ -1,5 +1,6 @@
 """The classic CNN: blocks of conv -> ReLU -> max-pool, then a dense head with dropout."""
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -7,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax.models import common
+from xray_jax.models import conv as conv_lib
 
 
 class ClassicCNN(nn.Module):
@@ -21,13 +23,16 @@ class ClassicCNN(nn.Module):
   dense: Sequence[int] = (256,)
   dropout: float = 0.3
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    conv = functools.partial(nn.Conv, dtype=self.dtype,
+                             conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
     x = x.astype(self.dtype)
     for block, width in enumerate(self.widths):
       for _ in range(self.convs_per_block):
-        x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
+        x = conv(width, (3, 3), use_bias=not self.batch_norm)(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
         x = nn.relu(x)

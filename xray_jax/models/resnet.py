@@ -8,16 +8,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax.models import common
+from xray_jax.models import conv as conv_lib
 
 
 class ResidualBlock(nn.Module):
   """Fields shared by the residual blocks: output width (before expansion), stride of the
-  first strided convolution, normalization layer and compute dtype."""
+  first strided convolution, normalization and convolution layers (bias-free)."""
 
   width: int
   strides: int = 1
   norm: Any = nn.BatchNorm
-  dtype: Any = jnp.float32
+  conv: Any = functools.partial(nn.Conv, use_bias=False)
 
 
 class BasicBlock(ResidualBlock):
@@ -25,13 +26,12 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = conv(self.width, (3, 3), self.strides)(x)
+    y = self.conv(self.width, (3, 3), self.strides)(x)
     y = nn.relu(self.norm()(y))
-    y = conv(self.width, (3, 3))(y)
+    y = self.conv(self.width, (3, 3))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)  # Each block starts as identity.
     if x.shape != y.shape:
-      x = self.norm()(conv(self.width, (1, 1), self.strides)(x))
+      x = self.norm()(self.conv(self.width, (1, 1), self.strides)(x))
     return nn.relu(x + y)
 
 
@@ -40,13 +40,12 @@ class Bottleneck(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
-    y = nn.relu(self.norm()(conv(self.width, (3, 3), self.strides)(y)))
-    y = conv(self.width * 4, (1, 1))(y)
+    y = nn.relu(self.norm()(self.conv(self.width, (1, 1))(x)))
+    y = nn.relu(self.norm()(self.conv(self.width, (3, 3), self.strides)(y)))
+    y = self.conv(self.width * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = self.norm()(conv(self.width * 4, (1, 1), self.strides)(x))
+      x = self.norm()(self.conv(self.width * 4, (1, 1), self.strides)(x))
     return nn.relu(x + y)
 
 
@@ -59,18 +58,21 @@ class ResNet(nn.Module):
   width: int = 64
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              dtype=self.dtype)
-    x = nn.Conv(self.width, (7, 7), 2, use_bias=False, dtype=self.dtype)(x.astype(self.dtype))
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
+    x = conv(self.width, (7, 7), 2)(x.astype(self.dtype))
     x = nn.relu(norm()(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
-        x = self.block(self.width * 2**stage, strides, norm=norm, dtype=self.dtype)(x)
+        x = self.block(self.width * 2**stage, strides, norm=norm, conv=conv)(x)
     x = common.expose_features(self, x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
