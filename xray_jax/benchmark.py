@@ -1,55 +1,255 @@
-r"""Measures train-step throughput (images/s) of a config on random data.
+r"""Measures a config's speed: compilation, train and eval images/s, the input pipeline, memory,
+and achieved GFLOP/s against a matmul peak measured in the same process.
 
-  python -m xray_jax.benchmark --config=configs/pneumonia.py:res=128 --steps=20
+  python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
+      --config.training.global_batch_size=32 --steps=20 --json=/tmp/bench.json
+  # with the input pipeline (JPEG decoding and augmentation, as in training)
+  python -m xray_jax.benchmark --config=configs/pneumonia_cpu.py --data_dir=/path/to/chest_xray
+  # side by side with the plain-PyTorch reference, alternating, 3 rounds (pip install .[bench])
+  python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
+      --config.training.global_batch_size=32 --compare_torch --rounds=3
 
-Data loading is left out: this times the jit-compiled step alone, as the trainer runs it.
+Train and eval steps run on random data; `--data_dir` times the grain pipeline on its own.
 """
 
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import input_pipeline, models, optimizers, sharding, train
+from xray_jax.data import folder
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-flags.DEFINE_integer("steps", 20, "Timed steps, after two warm-up steps.")
+flags.DEFINE_integer("steps", 20, "Timed train steps per round, after `warmup` steps.")
+flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
+flags.DEFINE_integer("eval_steps", 10, "Timed eval (inference) batches.")
+flags.DEFINE_integer("rounds", 1, "Rounds of timed train steps (alternating with PyTorch).")
 flags.DEFINE_integer("num_classes", 2, "Classes of the model's output.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_string("data_dir", "", "Folder dataset (ROOT/train/CLASS/*) to time the input "
+                    "pipeline on; empty: skip it.")
+flags.DEFINE_integer("input_batches", 20, "Batches read from the input pipeline.")
+flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+flags.DEFINE_bool("compare_torch", False, "Run the PyTorch reference in a subprocess after "
+                  "each round with the same model, input size and batch; report the ratio.")
+flags.DEFINE_string("torch_script", "../shared/peers/torch_baseline/train.py",
+                    "The PyTorch reference script (its `speed` command prints RESULT {json}).")
+flags.DEFINE_integer("torch_threads", os.cpu_count() or 1, "--threads of the reference.")
+flags.DEFINE_string("torch_python", sys.executable, "Python that has torch installed.")
+
+TORCH_MODELS = ("cnn", "resnet18")  # The models the reference script defines.
+# Dense bfloat16 peak TFLOP/s per chip, for MFU; chips not listed get none.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L4": 121.0,
+                    "TPU v4": 275.0, "TPU v5e": 197.0, "TPU v5p": 459.0}
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_device_memory_mib() -> float | None:
+  """Peak memory in use on the first device, where the backend reports it (GPU, TPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """GFLOP/s of the best of `repeats` square matmuls (bfloat16 on accelerators)."""
+  dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda a: a @ a)
+  best = min(_timed(lambda: matmul(a)) for _ in range(repeats + 1))
+  return 2 * size**3 / best / 1e9
+
+
+def bf16_peak_tflops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  return max((v for k, v in BF16_PEAK_TFLOPS.items() if k in kind), default=None)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def _flops(compiled) -> float | None:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else {}
+  return (analysis or {}).get("flops")
+
+
+def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int):
+  size, channels = config.data.image_size, 1 if config.data.grayscale else 3
+  rng = np.random.default_rng(0)
+  return {"image": rng.normal(size=(batch_size, size, size, channels)).astype(np.float32),
+          "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
+
+
+class StepBenchmark:
+  """A compiled train step on a fixed random batch, timed in rounds."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    mesh = sharding.make_mesh()
+    self.batch_size = config.training.global_batch_size
+    self.model = models.create_model(config.model, num_classes)
+    schedule = optimizers.create_learning_rate_schedule(config.optimizer, 100, 1000)
+    tx = optimizers.create_optimizer(config.optimizer, schedule)
+    size, channels = config.data.image_size, 1 if config.data.grayscale else 3
+    self.state = train.create_train_state(self.model, tx, (size, size, channels), 0, mesh)
+    self.batch = sharding.to_global_batch(
+        _random_batch(config, self.batch_size, num_classes), mesh)
+    start = time.perf_counter()
+    self.step = train.make_train_step(mesh, schedule).lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops_per_step = _flops(self.step)
+
+  def run(self, steps: int) -> list[float]:
+    """Runs `steps` train steps; returns each one's seconds."""
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.step(self.state, self.batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    return times
+
+  def eval_images_per_s(self, batches: int) -> float:
+    """Inference (train=False) throughput on the same batch, after one untimed call."""
+    variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+    predict = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+    images = self.batch["image"]
+    jax.block_until_ready(predict(variables, images))
+    seconds = sum(_timed(lambda: predict(variables, images)) for _ in range(batches))
+    return batches * self.batch_size / seconds
+
+
+def input_images_per_s(config: ml_collections.ConfigDict, data_dir: str, batches: int) -> float:
+  """Images/s of the training pipeline (decode, resize, augment, batch) over the train split
+  of a folder dataset, after its first batch."""
+  records = folder.load_folder_dataset(data_dir).splits["train"]
+  batch_size = config.training.global_batch_size
+  iterator = iter(input_pipeline.create_train_dataset(records, config.data, batch_size,
+                                                      config.seed))
+  next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+def run_torch_reference(script: str, python: str, model: str, size: int, batch: int,
+                        steps: int, threads: int) -> dict[str, Any]:
+  """Runs the reference's `speed` command and returns its RESULT record."""
+  path = pathlib.Path(script)
+  if not path.is_file():
+    raise FileNotFoundError(f"--torch_script={script}: no such file (the PyTorch reference, "
+                            "../shared/peers/torch_baseline/train.py in a workspace)")
+  if model not in TORCH_MODELS:
+    raise ValueError(f"the PyTorch reference has no {model!r}; it has {', '.join(TORCH_MODELS)}")
+  command = [python, str(path), "speed", "--model", model, "--size", str(size), "--batch",
+             str(batch), "--steps", str(steps), "--threads", str(threads)]
+  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  if done.returncode != 0:
+    hint = (" (install it: pip install -e '.[bench]')"
+            if "No module named 'torch'" in done.stderr else "")
+    raise RuntimeError(f"{' '.join(command)} failed{hint}:\n{done.stderr[-2000:]}")
+  for line in done.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  raise RuntimeError(f"{' '.join(command)} printed no RESULT line:\n{done.stdout[-2000:]}")
+
+
+def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
+              eval_steps: int = 10, rounds: int = 1, num_classes: int = 2, data_dir: str = "",
+              input_batches: int = 20,
+              torch_reference: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+  """Measures `config` and returns the results as a flat record (plus per-round lists)."""
+  bench = StepBenchmark(config, num_classes)
+  bench.run(warmup)
+  per_round, torch_per_round = [], []
+  for _ in range(rounds):
+    per_round.append(bench.batch_size * steps / sum(bench.run(steps)))
+    if torch_reference is not None:
+      torch_per_round.append(torch_reference()["train_img_per_s"])
+  train_images_per_s = float(np.median(per_round))
+  results: dict[str, Any] = {
+      "model": config.model.name, "image_size": config.data.image_size,
+      "batch_size": bench.batch_size, "dtype": config.model.dtype,
+      "conv_impl": config.model.get("conv_impl", "xla"),
+      "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "devices": jax.device_count(), "compile_s": bench.compile_s,
+      "train_images_per_s": train_images_per_s, "train_images_per_s_rounds": per_round,
+      "eval_images_per_s": bench.eval_images_per_s(eval_steps),
+      "peak_rss_mib": peak_rss_mib(), "peak_device_memory_mib": peak_device_memory_mib(),
+  }
+  step_s = bench.batch_size / train_images_per_s
+  results["gflop_per_step"] = (None if bench.flops_per_step is None
+                               else bench.flops_per_step / 1e9)
+  results["achieved_gflops"] = (None if bench.flops_per_step is None
+                                else bench.flops_per_step / step_s / 1e9)
+  results["matmul_peak_gflops"] = matmul_peak_gflops()
+  results["fraction_of_matmul_peak"] = (None if results["achieved_gflops"] is None
+                                        else results["achieved_gflops"]
+                                        / results["matmul_peak_gflops"])
+  peak = bf16_peak_tflops()
+  results["mfu_bf16"] = (None if peak is None or results["achieved_gflops"] is None
+                         else results["achieved_gflops"] / (peak * 1e3))
+  results["input_images_per_s"] = (input_images_per_s(config, data_dir, input_batches)
+                                   if data_dir else None)
+  if torch_per_round:
+    ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
+    results.update(torch_train_images_per_s_rounds=torch_per_round,
+                   torch_train_images_per_s=float(np.median(torch_per_round)),
+                   ratio_to_torch_rounds=ratios, ratio_to_torch=float(np.median(ratios)))
+  return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """The results as a two-column text table."""
+  def show(value):
+    if isinstance(value, float):
+      return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, list):
+      return ", ".join(show(v) for v in value)
+    return "-" if value is None else str(value)
+  width = max(map(len, results))
+  return "\n".join(f"{key:<{width}}  {show(value)}" for key, value in results.items())
 
 
 def main(argv: list[str]) -> None:
   del argv
   config = FLAGS.config
-  mesh = sharding.make_mesh()
-  batch_size = config.training.global_batch_size
-  size, channels = config.data.image_size, 1 if config.data.grayscale else 3
-  model = models.create_model(config.model, FLAGS.num_classes)
-  schedule = optimizers.create_learning_rate_schedule(config.optimizer, 100, 1000)
-  tx = optimizers.create_optimizer(config.optimizer, schedule)
-  state = train.create_train_state(model, tx, (size, size, channels), 0, mesh)
-  step = train.make_train_step(mesh, schedule)
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": rng.normal(size=(batch_size, size, size, channels)).astype(np.float32),
-      "label": rng.integers(0, FLAGS.num_classes, batch_size).astype(np.int32)}, mesh)
-  start = time.perf_counter()
-  for _ in range(2):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  elapsed = time.perf_counter() - start
-  print(f"{config.model.name} @{size} batch {batch_size} on {mesh.size} "
-        f"{jax.devices()[0].platform} device(s): {FLAGS.steps * batch_size / elapsed:.1f} "
-        f"images/s ({1e3 * elapsed / FLAGS.steps:.0f} ms/step; first 2 steps {compile_s:.1f} s)")
+  torch_reference = None
+  if FLAGS.compare_torch:
+    torch_reference = lambda: run_torch_reference(
+        FLAGS.torch_script, FLAGS.torch_python, config.model.name, config.data.image_size,
+        config.training.global_batch_size, FLAGS.steps, FLAGS.torch_threads)
+  results = benchmark(config, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                      eval_steps=FLAGS.eval_steps, rounds=FLAGS.rounds,
+                      num_classes=FLAGS.num_classes, data_dir=FLAGS.data_dir,
+                      input_batches=FLAGS.input_batches, torch_reference=torch_reference)
+  print(format_table(results))
+  if FLAGS.json:
+    pathlib.Path(FLAGS.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
   app.run(main)

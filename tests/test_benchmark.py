@@ -1,0 +1,77 @@
+"""The benchmark suite on a tiny config, and its PyTorch-reference subprocess with fake
+scripts."""
+
+import functools
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from xray_jax import benchmark
+
+FAKE_REFERENCE = """import json, sys
+print("some log line")
+args = sys.argv[1:]
+speed = 8.0 * int(args[args.index("--batch") + 1])
+print("RESULT " + json.dumps({"cmd": args[0], "argv": args, "train_img_per_s": speed}))
+"""
+
+
+def _script(tmp_path, text: str):
+  path = tmp_path / "reference.py"
+  path.write_text(text)
+  return str(path)
+
+
+def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
+  config = tiny_config(dataset_dir)
+  reference = functools.partial(
+      benchmark.run_torch_reference, _script(tmp_path, FAKE_REFERENCE), sys.executable, "cnn",
+      16, 8, 3, 2)
+  results = benchmark.benchmark(config, steps=3, warmup=1, eval_steps=2, rounds=2,
+                                data_dir=str(dataset_dir), input_batches=2,
+                                torch_reference=reference)
+  json.loads(json.dumps(results))
+  assert results["model"] == "cnn" and results["batch_size"] == 8
+  assert results["platform"] == "cpu" and results["conv_impl"] == "auto"
+  assert results["compile_s"] > 0
+  assert len(results["train_images_per_s_rounds"]) == 2
+  assert results["train_images_per_s"] == pytest.approx(
+      np.median(results["train_images_per_s_rounds"]))
+  for key in ("eval_images_per_s", "input_images_per_s", "gflop_per_step", "achieved_gflops",
+              "matmul_peak_gflops"):
+    assert results[key] > 0, key
+  assert 0 < results["fraction_of_matmul_peak"] < 5
+  assert results["peak_rss_mib"] > 50
+  assert results["mfu_bf16"] is None and results["peak_device_memory_mib"] is None
+  assert results["torch_train_images_per_s_rounds"] == [64.0, 64.0]
+  assert results["ratio_to_torch"] == pytest.approx(results["train_images_per_s"] / 64.0)
+  table = benchmark.format_table(results)
+  assert "ratio_to_torch" in table and "input_images_per_s" in table
+
+
+def test_reference_gets_the_same_model_size_and_batch(tmp_path):
+  result = benchmark.run_torch_reference(_script(tmp_path, FAKE_REFERENCE), sys.executable,
+                                         "resnet18", 128, 32, 20, 2)
+  assert result["argv"] == ["speed", "--model", "resnet18", "--size", "128", "--batch", "32",
+                            "--steps", "20", "--threads", "2"]
+  assert result["train_img_per_s"] == 256.0
+
+
+@pytest.mark.parametrize("text, model, error, message", [
+    ("raise ModuleNotFoundError(\"No module named 'torch'\")", "cnn", RuntimeError,
+     r"pip install -e '\.\[bench\]'"),
+    ("print('no result here')", "cnn", RuntimeError, "printed no RESULT line"),
+    (FAKE_REFERENCE, "resnet50", ValueError, "has no 'resnet50'"),
+])
+def test_reference_failures_are_explained(tmp_path, text, model, error, message):
+  with pytest.raises(error, match=message):
+    benchmark.run_torch_reference(_script(tmp_path, text), sys.executable, model, 64, 8, 2, 1)
+
+
+def test_missing_reference_script_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="--torch_script=.*nowhere.py"):
+    benchmark.run_torch_reference(str(tmp_path / "nowhere.py"), sys.executable, "cnn", 64, 8,
+                                  2, 1)
