@@ -71,7 +71,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name == "cnn":
     _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
-  conv_impl = config.model.get("conv_impl", "auto")
+  conv_impl = config.model.get("conv_impl", "xla")
   _require(conv_impl in conv.IMPLS, "model.conv_impl", conv_impl, " or ".join(conv.IMPLS))
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")

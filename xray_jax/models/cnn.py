@@ -23,7 +23,7 @@ class ClassicCNN(nn.Module):
   dense: Sequence[int] = (256,)
   dropout: float = 0.3
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:

@@ -3,10 +3,11 @@
 XLA:CPU computes many convolution filter gradients at a fraction of its matmul speed. The
 `patches` implementation keeps XLA's forward pass and input gradient and computes the filter
 gradient as one matmul per chunk of images between their patches (im2col) and the output
-gradient. It does so for the layers where that measured faster on a 2-core AVX-512 CPU: those
-that change the channel count (the 1-channel stems, the CNN's blocks, ResNet downsampling);
-XLA's own filter gradient was as fast or faster for ResNet's width-preserving 3x3 layers.
-`auto` uses `patches` when the default backend is the CPU; GPU and TPU keep XLA's kernels.
+gradient. It does so for the layers where that measured faster, one layer at a time, on a
+2-core AVX-512 CPU: those that change the channel count (the 1-channel stems, the CNN's blocks,
+ResNet downsampling); XLA's own filter gradient was as fast or faster for ResNet's
+width-preserving 3x3 layers. `auto` uses `patches` when the default backend is the CPU; GPU and
+TPU keep XLA's kernels.
 """
 
 import functools

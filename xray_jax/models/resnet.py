@@ -58,7 +58,7 @@ class ResNet(nn.Module):
   width: int = 64
   dropout: float = 0.0
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
