@@ -102,14 +102,21 @@ def test_watch_evaluates_each_checkpoint_once(trained_workdir, tmp_path, monkeyp
   assert calls == [2, 4, 6]
 
 
-def test_evaluate_binary(trained_workdir, tmp_path):
+def _evaluate_copy(trained_workdir, tmp_path, *flags: str):
+  """`python -m xray_jax.evaluate FLAGS` on a copy of the trained run; returns (copy, result)."""
   workdir = tmp_path / "work"
   shutil.copytree(trained_workdir, workdir)
   result = subprocess.run(
-      [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", "--split=test",
-       "--checkpoint=4", "--config=configs/pneumonia.py", "--alsologtostderr"],
+      [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", *flags,
+       "--alsologtostderr"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  return workdir, result
+
+
+def test_evaluate_binary(trained_workdir, tmp_path):
+  workdir, result = _evaluate_copy(trained_workdir, tmp_path, "--split=test", "--checkpoint=4",
+                                   "--config=configs/pneumonia.py")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test step 4 (threshold 0.500): accuracy" in result.stderr
   assert "read only" not in result.stderr  # Orbax's note on read-only checkpoints.
@@ -133,13 +140,7 @@ def test_watch_started_before_the_trainer_waits_for_the_run(trained_workdir, tmp
 
 
 def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_path):
-  workdir = tmp_path / "work"
-  shutil.copytree(trained_workdir, workdir)
-  result = subprocess.run(
-      [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", "--stress",
-       "--checkpoint=latest", "--alsologtostderr"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  workdir, result = _evaluate_copy(trained_workdir, tmp_path, "--stress", "--checkpoint=latest")
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / "eval" / "stress_step6.json").read_text())
   # No operating point was saved: the validation evaluation chose one first.
