@@ -66,10 +66,16 @@ def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_p
                           timeout=600, env=env)
   assert result.returncode == 1  # One file could not be read ...
   assert "failed: " in result.stderr and "broken.png: cannot read image" in result.stderr
-  rows = json.loads(output.read_text())  # ... the others are classified.
+  written = json.loads(output.read_text())  # ... the others are classified.
+  rows = written["predictions"]
   assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == ["a.png", "b.jpeg", "c.jpg"]
-  assert {"predicted", "prob_NORMAL", "prob_PNEUMONIA", "above_threshold"} <= set(rows[0])
-  assert "P(PNEUMONIA)" in result.stdout
+  assert set(rows[0]) == {"path", "predicted", "prob_NORMAL", "prob_PNEUMONIA"}
+  # One decision per image, by the rule that the output names: no threshold was saved.
+  assert written["threshold"] == 0.5
+  assert written["decision"] == "P(PNEUMONIA) >= 0.5, no operating point saved"
+  assert all(r["predicted"] == ("PNEUMONIA" if r["prob_PNEUMONIA"] >= 0.5 else "NORMAL")
+             for r in rows)
+  assert "decision: P(PNEUMONIA) >= 0.5, no operating point saved" in result.stdout
   overlays = sorted(p.name for p in saliency.iterdir())
   assert overlays == ["a_gradcam.png", "b_gradcam.png", "c_gradcam.png"]
   with PIL.Image.open(saliency / "a_gradcam.png") as image:
@@ -78,7 +84,15 @@ def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_p
   again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                          env=env)
   assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr
-  assert json.loads(output.read_text()) == rows  # Untouched.
+  assert json.loads(output.read_text()) == written  # Untouched.
+
+  as_csv = tmp_path / "out" / "preds.csv"
+  only_broken = subprocess.run(
+      [*command[:3], f"--workdir={trained_workdir}", f"--output={as_csv}",
+       str(folder / "broken.png")], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=600, env=env)
+  assert only_broken.returncode == 1
+  assert not as_csv.exists()  # Nothing classified: no empty file blocks the next try.
 
 
 def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):
@@ -90,8 +104,14 @@ def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):
   try:
     classifier = predict.Classifier(run)
     assert classifier.threshold == 0.0
+    # P(PNEUMONIA) = 0.1 reaches the saved threshold 0: the decision follows it, not argmax.
     prediction = predict.Prediction("x.png", np.array([0.9, 0.1]), run.class_names, 0.0)
-    assert prediction.above_threshold is True and prediction.predicted == "NORMAL"
+    assert prediction.predicted == "PNEUMONIA"
+    table = predict.format_table([prediction])
+    assert table.splitlines()[0] == "decision: P(PNEUMONIA) >= 0, operating point"
+    header = predict.format_output([prediction], ".csv").splitlines()[0]
+    assert header == ('path,"predicted (P(PNEUMONIA) >= 0, operating point)",'
+                      "prob_NORMAL,prob_PNEUMONIA")
   finally:
     point.unlink()
 

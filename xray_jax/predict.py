@@ -3,10 +3,11 @@ r"""Classifies new X-ray images with a trained run.
   python -m xray_jax.predict --workdir=/tmp/xray/run1 [--checkpoint=best] \
       --output=preds.csv [--saliency_dir=out/] [--overwrite] image.png folder/ ...
 
-Images are preprocessed exactly as in evaluation. The table gives each file's predicted
-class, class probabilities and, for two classes, whether the positive probability reaches
-the operating threshold chosen on validation (`xray_jax.evaluate --split=val`). Unreadable
-files are reported and skipped, and the exit code is then 1.
+Images are preprocessed exactly as in evaluation. The table gives each file's class
+probabilities and one decision: for two classes, whether the positive probability reaches
+the operating threshold chosen on validation (`xray_jax.evaluate --split=val`), or 0.5 when
+none was chosen; the header names the rule. Unreadable files are reported and skipped, and
+the exit code is then 1.
 
 From Python: `classifier = xray_jax.predict.load(workdir); probs = classifier(images)`.
 """
@@ -41,29 +42,42 @@ from xray_jax.data.folder import IMAGE_SUFFIXES
 FLAGS = flags.FLAGS
 
 
+def decision_threshold(class_names: Sequence[str], threshold: float | None) -> float | None:
+  """The P(class 1) at which two classes are decided: the operating threshold, else 0.5.
+  None beyond two classes (the most probable class is the decision)."""
+  if len(class_names) != 2:
+    return None
+  return 0.5 if threshold is None else threshold
+
+
+def decision_rule(class_names: Sequence[str], threshold: float | None) -> str:
+  """The decision rule in words, for headers and reports."""
+  at = decision_threshold(class_names, threshold)
+  if at is None:
+    return "most probable class"
+  source = "operating point" if threshold is not None else "no operating point saved"
+  return f"P({class_names[1]}) >= {at:.4g}, {source}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   path: str
   probabilities: np.ndarray
   class_names: tuple[str, ...]
-  threshold: float | None
+  threshold: float | None  # The run's operating threshold, if evaluation chose one.
 
   @property
   def predicted(self) -> str:
-    return self.class_names[int(np.argmax(self.probabilities))]
-
-  @property
-  def above_threshold(self) -> bool | None:
-    """For two classes: whether P(class 1) reaches the operating threshold."""
-    if self.threshold is None or len(self.class_names) != 2:
-      return None
-    return bool(self.probabilities[1] >= self.threshold)
+    """The decision: by the operating threshold (two classes), else the most probable."""
+    at = decision_threshold(self.class_names, self.threshold)
+    if at is None:
+      return self.class_names[int(np.argmax(self.probabilities))]
+    return self.class_names[int(self.probabilities[1] >= at)]
 
   def as_dict(self) -> dict:
     return {"path": self.path, "predicted": self.predicted,
             **{f"prob_{n}": float(p) for n, p in zip(self.class_names, self.probabilities,
-                                                     strict=True)},
-            "above_threshold": self.above_threshold}
+                                                     strict=True)}}
 
 
 class Classifier:
@@ -196,15 +210,19 @@ def saliency_path(saliency_dir: pathlib.Path, path: str, all_paths: Sequence[str
 
 
 def format_output(predictions: Sequence[Prediction], suffix: str) -> str:
-  """CSV or JSON text of the predictions."""
+  """CSV or JSON text of the predictions; both name the decision rule (the CSV in the
+  `predicted` column's header)."""
+  first = predictions[0]
+  rule = decision_rule(first.class_names, first.threshold)
   rows = [p.as_dict() for p in predictions]
   if suffix == ".json":
-    return json.dumps(rows, indent=1)
+    return json.dumps({"decision": rule,
+                       "threshold": decision_threshold(first.class_names, first.threshold),
+                       "predictions": rows}, indent=1)
   buffer = io.StringIO()
-  if rows:
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  writer = csv.writer(buffer)
+  writer.writerow([f"predicted ({rule})" if k == "predicted" else k for k in rows[0]])
+  writer.writerows(row.values() for row in rows)
   return buffer.getvalue()
 
 
@@ -215,12 +233,10 @@ def format_table(predictions: Sequence[Prediction]) -> str:
   names = predictions[0].class_names
   width = max(len(p.path) for p in predictions)
   header = (f"{'file':<{width}}  {'predicted':<12}"
-            + "".join(f"  {'P(' + n + ')':>14}" for n in names) + "  above_threshold")
-  lines = [header]
-  for p in predictions:
-    flag = "" if p.above_threshold is None else ("yes" if p.above_threshold else "no")
-    lines.append(f"{p.path:<{width}}  {p.predicted:<12}"
-                 + "".join(f"  {q:>14.4f}" for q in p.probabilities) + f"  {flag}")
+            + "".join(f"  {'P(' + n + ')':>14}" for n in names))
+  lines = [f"decision: {decision_rule(names, predictions[0].threshold)}", header]
+  lines += [f"{p.path:<{width}}  {p.predicted:<12}"
+            + "".join(f"  {q:>14.4f}" for q in p.probabilities) for p in predictions]
   return "\n".join(lines)
 
 
@@ -244,7 +260,7 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   failures.update(unreadable)
   print(format_table(predictions))
-  if output is not None:
+  if output is not None and predictions:  # Nothing classified: no file to block a retry.
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(format_output(predictions, output.suffix))
     logging.info("Wrote %d predictions to %s", len(predictions), output)
