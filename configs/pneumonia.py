@@ -45,6 +45,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       # the channel count as a matmul over image patches; see xray_jax/models/conv.py) or auto
       # (patches on CPU only). No whole-step gain was measured yet, so xla is the default.
       conv_impl="xla",
+      batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
       **fields,
   ))
 

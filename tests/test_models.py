@@ -66,3 +66,23 @@ def test_config_field_that_does_not_fit_the_model():
   config.widths = (4, 8)
   with pytest.raises(errors.ConfigError, match="config.model does not fit 'resnet18'"):
     models.create_model(config, 2)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_batch_norm_momentum_comes_from_the_config(name):
+  images = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 1)) + 3.0
+
+  def running_means(momentum):
+    config = small_config(name)
+    config.batch_norm_momentum = momentum
+    model = models.create_model(config, num_classes=2)
+    variables = model.init(jax.random.PRNGKey(1), images, train=False)
+    _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.PRNGKey(2)})
+    return [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(updates)
+            if path[-1].key == "mean"]
+
+  # In training, BatchNorm normalizes with the batch's statistics, so every layer sees the
+  # same batch whatever the momentum; a running mean starts at 0 and moves by (1 - m).
+  for slow, fast in zip(running_means(0.75), running_means(0.25), strict=True):
+    assert jnp.allclose(fast, 3.0 * slow, rtol=1e-4, atol=1e-6)

@@ -103,9 +103,9 @@ def _flops(compiled) -> float | None:
 
 
 def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int):
-  size, channels = config.data.image_size, 1 if config.data.grayscale else 3
+  shape = (batch_size, *input_pipeline.input_shape(config.data))
   rng = np.random.default_rng(0)
-  return {"image": rng.normal(size=(batch_size, size, size, channels)).astype(np.float32),
+  return {"image": rng.normal(size=shape).astype(np.float32),
           "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
@@ -118,8 +118,8 @@ class StepBenchmark:
     self.model = models.create_model(config.model, num_classes)
     schedule = optimizers.create_learning_rate_schedule(config.optimizer, 100, 1000)
     tx = optimizers.create_optimizer(config.optimizer, schedule)
-    size, channels = config.data.image_size, 1 if config.data.grayscale else 3
-    self.state = train.create_train_state(self.model, tx, (size, size, channels), 0, mesh)
+    self.state = train.create_train_state(
+        self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
     self.batch = sharding.to_global_batch(
         _random_batch(config, self.batch_size, num_classes), mesh)
     start = time.perf_counter()

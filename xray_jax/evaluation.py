@@ -34,7 +34,7 @@ from xray_jax import (
   tta,
 )
 from xray_jax.data import datasets, shifts, splits
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 
 class Evaluator:
@@ -185,9 +185,8 @@ def _member_probabilities(
   preprocessing), and the labels."""
   probs = []
   for run in runs:
-    data_config = ml_collections.ConfigDict(run.config.data.to_dict())
-    data_config.dir = data_dir or data_config.dir
-    evaluator = Evaluator(run.model, records, data_config, run.config.training.eval_batch_size,
+    evaluator = Evaluator(run.model, records, trained.data_config(run.config, data_dir),
+                          run.config.training.eval_batch_size,
                           mesh, views)
     member_probs, labels = evaluator.predict(run.variables)
     _check_finite(member_probs, records, run)
@@ -224,9 +223,7 @@ def evaluate_checkpoint(
   mesh = mesh or sharding.make_mesh()
   run = trained.load(workdir, checkpoint, mesh)
   _check_members(run, members)
-  data_config = ml_collections.ConfigDict(run.config.data.to_dict())
-  if data_dir:
-    data_config.dir = data_dir
+  data_config = trained.data_config(run.config, data_dir)
   records = split_records(run, data_config, split)
   views = tta.configured_views(evaluation_config)
   probs, labels = _member_probabilities([run, *members], records, data_dir, views, mesh)
@@ -265,8 +262,7 @@ def watch(
   """
   workdir = pathlib.Path(workdir)
   config = trained.wait_for_config(workdir, poll_seconds, timeout_seconds)
-  data_config = ml_collections.ConfigDict(config.data.to_dict())
-  data_config.dir = data_dir or data_config.dir
+  data_config = trained.data_config(config, data_dir)
   num_train = len(datasets.load_splits(data_config, workdir, save=False).train)
   _, final_step = optimizers.schedule_length(config.training, num_train)
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)

@@ -10,7 +10,13 @@ import numpy as np
 import PIL.Image
 
 from xray_jax.data import augment, images, intensity, shifts
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
+
+
+def input_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """The shape of one model input, [size, size, channels], that preprocessing produces."""
+  size = data_config.image_size
+  return (size, size, 1 if data_config.grayscale else 3)
 
 
 @dataclasses.dataclass(frozen=True)

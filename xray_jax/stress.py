@@ -66,8 +66,7 @@ def stress_test(
   severity; writes WORKDIR/eval/stress_step{N}.json and its figure and returns the report."""
   mesh = mesh or sharding.make_mesh()
   run = trained.load(workdir, checkpoint, mesh)
-  data_config = ml_collections.ConfigDict(run.config.data.to_dict())
-  data_config.dir = data_dir or data_config.dir
+  data_config = trained.data_config(run.config, data_dir)
   records = evaluation.split_records(run, data_config, "val")
   point = _operating_point(run, evaluation_config, data_dir, mesh)
   threshold, temperature = point.get("threshold"), point.get("temperature", 1.0)

@@ -185,9 +185,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   schedule = optimizers.create_learning_rate_schedule(
       config.optimizer, steps_per_epoch, total_steps)
   tx = optimizers.create_optimizer(config.optimizer, schedule)
-  channels = 1 if config.data.grayscale else 3
-  input_shape = (config.data.image_size, config.data.image_size, channels)
-  state = create_train_state(model, tx, input_shape, config.seed, mesh,
+  state = create_train_state(model, tx, input_pipeline.input_shape(config.data), config.seed,
+                             mesh,
                              ema=training.ema_decay > 0)
 
   train_iter = iter(input_pipeline.create_train_dataset(

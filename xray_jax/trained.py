@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from xray_jax import checkpointing, errors, models, sharding
+from xray_jax import checkpointing, errors, input_pipeline, models, sharding
 
 EVAL_DIR = "eval"
 
@@ -29,10 +29,14 @@ class TrainedRun:
   step: int
   variables: dict[str, Any]  # params and batch_stats, replicated over the mesh.
 
-  @property
-  def input_shape(self) -> tuple[int, int, int]:
-    size = self.config.data.image_size
-    return (size, size, 1 if self.config.data.grayscale else 3)
+
+def data_config(config: ml_collections.ConfigDict,
+                data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """A copy of a run's data section, reading the images from `data_dir` when one is given
+  (another copy of the dataset, same layout)."""
+  copy = ml_collections.ConfigDict(config.data.to_dict())
+  copy.dir = data_dir or copy.dir
+  return copy
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -90,8 +94,7 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
   try:
     step = resolve_step(checkpointer, checkpoint)
-    size = config.data.image_size
-    shape = (1, size, size, 1 if config.data.grayscale else 3)
+    shape = (1, *input_pipeline.input_shape(config.data))
     replicated = sharding.replicated(mesh)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
     abstract = {

@@ -13,7 +13,7 @@ import ml_collections
 
 from xray_jax import errors
 from xray_jax.data import label_rules, splits
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 
 def _read_labels(path: pathlib.Path, id_column: str, label_column: str,

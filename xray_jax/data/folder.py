@@ -4,11 +4,10 @@ import dataclasses
 import pathlib
 
 from xray_jax import errors
+from xray_jax.data.records import Record
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm")
 
-# One labelled image; grain sources hold these as plain dicts.
-Record = dict
 
 
 @dataclasses.dataclass(frozen=True)

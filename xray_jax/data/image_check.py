@@ -12,7 +12,7 @@ from absl import logging
 
 from xray_jax import errors
 from xray_jax.data import images
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 from xray_jax.data.splits import Splits
 
 MODES = ("stop", "skip", "off")

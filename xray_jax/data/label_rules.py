@@ -4,7 +4,7 @@ import pathlib
 from collections.abc import Sequence
 
 from xray_jax import errors
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 
 def parse_class_names(spec: str) -> tuple[str, ...]:

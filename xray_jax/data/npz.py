@@ -7,7 +7,7 @@ import numpy as np
 
 from xray_jax import errors
 from xray_jax.data import download, label_rules, splits
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 SPLITS = ("train", "val", "test")
 

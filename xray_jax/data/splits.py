@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from xray_jax import errors, files
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 SPLIT_FILE = "data_split.json"
 

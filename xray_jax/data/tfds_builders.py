@@ -21,7 +21,7 @@ from absl import logging
 
 from xray_jax import errors
 from xray_jax.data import download, folder, npz, splits
-from xray_jax.data.folder import Record
+from xray_jax.data.records import Record
 
 BUILDERS = ("chest_xray_pneumonia", "pneumonia_mnist")  # Names registered below.
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")

@@ -24,6 +24,7 @@ class ClassicCNN(nn.Module):
   dropout: float = 0.3
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  batch_norm_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -34,7 +35,8 @@ class ClassicCNN(nn.Module):
       for _ in range(self.convs_per_block):
         x = conv(width, (3, 3), use_bias=not self.batch_norm)(x)
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+          x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
+                           dtype=self.dtype)(x)
         x = nn.relu(x)
       if block == len(self.widths) - 1:
         x = common.expose_features(self, x)

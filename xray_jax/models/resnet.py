@@ -59,11 +59,12 @@ class ResNet(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  batch_norm_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.batch_norm_momentum, dtype=self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
     x = conv(self.width, (7, 7), 2)(x.astype(self.dtype))
