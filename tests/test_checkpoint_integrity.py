@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import checkpoint_digests, checkpointing, errors, evaluation, train, trained
+from xray_jax import (
+  checkpoint_digests,
+  errors,
+  evaluation,
+  train,
+  trained,
+  workdir_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +86,7 @@ def test_training_falls_back_to_the_newest_intact_checkpoint(trained_workdir, wo
 
   config.training.restore_fallback = True
   train.train_and_evaluate(config, str(workdir))
-  set_aside = list((workdir / checkpointing.DAMAGED_DIR).iterdir())
+  set_aside = list((workdir / workdir_files.DAMAGED_CHECKPOINTS).iterdir())
   assert [p.name.split("_")[0] for p in set_aside] == ["6"]  # Kept for inspection.
   # Steps 5 and 6 were trained again from step 4: the same parameters as before the damage.
   again, original = trained.load(workdir, 6), trained.load(trained_workdir, 6)

@@ -16,7 +16,7 @@ import pytest
 import sklearn.metrics
 from conftest import REPO_ROOT
 
-from xray_jax import errors, evaluation, stress, trained
+from xray_jax import errors, evaluation, stress, trained, workdir_files
 from xray_jax.data import shifts
 
 pytestmark = pytest.mark.slow
@@ -158,3 +158,14 @@ def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_pat
       assert report["mean"][at][score] == pytest.approx(np.mean(values))
   with PIL.Image.open(workdir / "eval" / "stress_step6.png") as image:
     assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_the_final_step_comes_from_the_run_not_the_dataset(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  config = trained.load_config(workdir)
+  config.data.dir = str(tmp_path / "moved")  # The images are no longer where they were.
+  assert trained.final_step(workdir, config) == 6  # From run.json, written by the trainer.
+  (workdir / workdir_files.RUN).unlink()  # A run of an older version: counted from the data.
+  with pytest.raises(errors.DataError, match="no such directory"):
+    trained.final_step(workdir, config)

@@ -17,11 +17,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from xray_jax import checkpoint_digests, errors, files
+from xray_jax import checkpoint_digests, errors, files, workdir_files
 
 # The metric of `metrics.summarize` that ranks validated checkpoints (higher is better).
 BEST_METRIC = "auc"
-DAMAGED_DIR = "checkpoints_damaged"  # Beside the checkpoints: damaged ones set aside.
 VALIDATION_FILE = "validation.json"  # In the checkpoints folder: step -> validation metrics.
 
 
@@ -164,7 +163,7 @@ class Checkpointer:
   def restore_latest(self, state: Any, data_iterator: grain.DatasetIterator | None = None,
                      fall_back: bool = False) -> Any | None:
     """`restore` of the latest step; None if there is no checkpoint. With `fall_back`, a
-    damaged latest checkpoint is moved to DAMAGED_DIR (never deleted) with a warning, and
+    damaged latest checkpoint is moved to WORKDIR/checkpoints_damaged/ with a warning, and
     the newest intact one is restored instead."""
     step = self._latest_usable_step(fall_back)
     return None if step is None else self.restore(step, state, data_iterator)
@@ -192,7 +191,8 @@ class Checkpointer:
     return None if chosen == -2 else chosen
 
   def _set_aside(self, step: int) -> pathlib.Path:
-    target = self._directory.parent / DAMAGED_DIR / f"{step}_{time.strftime('%Y%m%d-%H%M%S')}"
+    target = (self._directory.parent / workdir_files.DAMAGED_CHECKPOINTS
+              / f"{step}_{time.strftime('%Y%m%d-%H%M%S')}")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(self.step_dir(step), target)
     return target

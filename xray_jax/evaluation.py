@@ -27,11 +27,11 @@ from xray_jax import (
   files,
   input_pipeline,
   metrics,
-  optimizers,
   plots,
   sharding,
   trained,
   tta,
+    workdir_files,
 )
 from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.records import Record
@@ -80,7 +80,7 @@ class Evaluator:
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
-  return workdir / trained.EVAL_DIR / f"{split}_step{step}.json"
+  return workdir / workdir_files.EVAL / f"{split}_step{step}.json"
 
 
 def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
@@ -203,7 +203,7 @@ def _check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun
     if splits.saved_validation(member.workdir) != splits.saved_validation(run.workdir):
       raise errors.DataError(
           f"{member.workdir}: validated on other images than {run.workdir} (its "
-          f"{splits.SPLIT_FILE} differs): the ensemble's validation would include images "
+          f"{workdir_files.SPLIT} differs): the ensemble's validation would include images "
           "a member trained on")
 
 
@@ -240,7 +240,7 @@ def evaluate_checkpoint(
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
   if jax.process_index() == 0:
-    prefix = run.workdir / trained.EVAL_DIR / f"{name}_step{run.step}"
+    prefix = run.workdir / workdir_files.EVAL / f"{name}_step{run.step}"
     _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
                        labels, names)
     _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
@@ -262,10 +262,8 @@ def watch(
   """
   workdir = pathlib.Path(workdir)
   config = trained.wait_for_config(workdir, poll_seconds, timeout_seconds)
-  data_config = trained.data_config(config, data_dir)
-  num_train = len(datasets.load_splits(data_config, workdir, save=False).train)
-  _, final_step = optimizers.schedule_length(config.training, num_train)
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
+  final_step = trained.final_step(workdir, config, data_dir)
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_files.CHECKPOINTS, read_only=True)
   mesh = sharding.make_mesh()
   evaluated, last_progress = [], time.monotonic()
   try:

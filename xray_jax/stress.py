@@ -9,14 +9,24 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import calibration, evaluation, files, metrics, plots, sharding, trained, tta
+from xray_jax import (
+    calibration,
+    evaluation,
+    files,
+    metrics,
+    plots,
+    sharding,
+    trained,
+    tta,
+    workdir_files,
+)
 from xray_jax.data import shifts
 
 SCORES = ("roc_auc", "sensitivity", "specificity", "accuracy")
 
 
 def report_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
-  return workdir / trained.EVAL_DIR / f"stress_step{step}.json"
+  return workdir / workdir_files.EVAL / f"stress_step{step}.json"
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, class_names: list[str],

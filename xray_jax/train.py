@@ -17,18 +17,20 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from xray_jax import (
-    checkpointing,
-    config_checks,
-    errors,
-    evaluation,
-    input_pipeline,
-    losses,
-    metric_writers,
-    models,
-    optimizers,
-    preemption,
-    sharding,
-    workdir_lock,
+  checkpointing,
+  config_checks,
+  errors,
+  evaluation,
+  files,
+  input_pipeline,
+  losses,
+  metric_writers,
+  models,
+  optimizers,
+  preemption,
+  sharding,
+  workdir_files,
+  workdir_lock,
 )
 from xray_jax import progress as training_progress
 from xray_jax.data import datasets, image_check
@@ -172,10 +174,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   eval_every = _every(training.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
-  if is_chief:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    (workdir / "classes.json").write_text(json.dumps(list(splits.class_names)))
+  if is_chief:  # The config last: jobs that wait for a run wait for it.
+    files.write_atomically(workdir / workdir_files.RUN, json.dumps(
+        {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}))
+    files.write_atomically(workdir / workdir_files.CLASSES, json.dumps(list(splits.class_names)))
+    files.write_atomically(workdir / workdir_files.CONFIG, config.to_json_best_effort(indent=2))
   logging.info("%d classes %s; %d train / %d val images; %d devices, %d processes; "
                "%d steps of %d images (%d per epoch)", num_classes, splits.class_names,
                len(splits.train), len(splits.val), mesh.size, jax.process_count(),
@@ -192,7 +195,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   train_iter = iter(input_pipeline.create_train_dataset(
       splits.train, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", training.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_files.CHECKPOINTS,
+                                            training.keep_checkpoints)
   restored = checkpointer.restore_latest(state, train_iter,
                                          fall_back=training.restore_fallback)
   if restored is not None:

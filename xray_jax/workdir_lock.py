@@ -13,19 +13,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from xray_jax import errors
-
-LOCK_FILE = "trainer.lock"
+from xray_jax import errors, workdir_files
 
 
 @contextlib.contextmanager
 def hold(workdir: pathlib.Path) -> Iterator[None]:
-  """Holds WORKDIR/trainer.lock (process 0) for the block; raises WorkdirBusyError on every
+  """Holds the workdir's lock file (process 0) for the block; raises WorkdirBusyError on every
   process at once if another trainer holds it."""
   handle, holder = None, "see process 0's log"
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    handle = (workdir / LOCK_FILE).open("a+")
+    handle = (workdir / workdir_files.LOCK).open("a+")
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

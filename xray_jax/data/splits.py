@@ -12,10 +12,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import errors, files
+from xray_jax import errors, files, workdir_files
 from xray_jax.data.records import Record
-
-SPLIT_FILE = "data_split.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +99,7 @@ def split_train_val(
   """Splits train into train and validation by patient, reusing the split saved in `workdir`
   if any. A new split is written to `workdir` when `save` (on process 0 of a multi-host job).
   """
-  path = workdir / SPLIT_FILE
+  path = workdir / workdir_files.SPLIT
   names = [_relative(r, root) for r in records]
   if path.exists():
     saved_file = json.loads(path.read_text())
@@ -132,7 +130,7 @@ def split_train_val(
 
 def saved_validation(workdir: pathlib.Path) -> list[str] | None:
   """The validation images recorded in `workdir` (None: the source had its own split)."""
-  path = pathlib.Path(workdir) / SPLIT_FILE
+  path = pathlib.Path(workdir) / workdir_files.SPLIT
   return json.loads(path.read_text())["val"] if path.is_file() else None
 
 
