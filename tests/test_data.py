@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 from conftest import no_augment
 
-from xray_jax import errors, input_pipeline, workdir_files
+from xray_jax import errors, input_pipeline, train, workdir_files
 from xray_jax.data import augment, datasets, folder, images, splits
 
 
@@ -61,6 +61,7 @@ def test_stratified_split_is_seeded_and_keeps_class_ratio():
 def test_split_is_saved_in_the_workdir_and_reused(dataset_dir, tmp_path):
   workdir = tmp_path / "work"
   first = datasets.load_splits(data_config(dataset_dir), workdir)
+  train.record_split(workdir, first)
   saved = json.loads((workdir / workdir_files.SPLIT).read_text())
   assert len(saved["val"]) == len(first.val) == 12
   # A different seed does not move a split already recorded for this workdir.

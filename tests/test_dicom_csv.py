@@ -52,6 +52,7 @@ def test_split_is_saved_and_reused(tmp_path):
   root = make_rsna_dir(tmp_path / "data")
   workdir = tmp_path / "work"
   first = datasets.load_splits(rsna_config(root).data, workdir)
+  train.record_split(workdir, first)
   saved = json.loads((workdir / workdir_files.SPLIT).read_text())["val"]
   assert saved == sorted(f"{patient}.dcm" for patient in _by_patient(first.val))
   config = rsna_config(root)

@@ -35,6 +35,7 @@ def test_without_val_arrays_validation_is_carved_and_saved(tmp_path):
   write_npz(tmp_path / "p.npz", val=False)
   config = npz_config(tmp_path / "p.npz")
   first = datasets.load_splits(config.data, tmp_path / "work")
+  train.record_split(tmp_path / "work", first)
   assert (len(first.train), len(first.val)) == (16, 4)
   assert sorted(r["label"] for r in first.val) == [0, 0, 1, 1]  # Stratified.
   saved = json.loads((tmp_path / "work" / workdir_files.SPLIT).read_text())["val"]

@@ -74,6 +74,7 @@ def test_chest_xray_is_prepared_from_the_folder_layout(tmp_path):
   root = _layout(tmp_path / "data")
   config = _tfds_config(tmp_path, root)
   got = datasets.load_splits(config.data, tmp_path / "work")
+  train.record_split(tmp_path / "work", got)
   assert got.class_names == ("NORMAL", "PNEUMONIA")
   assert (len(got.train), len(got.val), len(got.test)) == (16, 5, 20)
   _assert_records_match_files(got.train + got.val + got.test, root)

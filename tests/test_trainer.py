@@ -129,7 +129,7 @@ def test_moving_average_is_checkpointed_and_used_for_validation_and_inference(
   run = trained.load(workdir, "latest", mesh)
   for a, b in zip(leaves(run.variables), leaves(state.ema), strict=True):
     np.testing.assert_array_equal(a, b)
-  splits = datasets.load_splits(config.data, workdir, save=False)
+  splits = datasets.load_splits(config.data, workdir)
   evaluator = evaluation.Evaluator(run.model, splits.val, config.data, 16, mesh)
   assert evaluator.evaluate(run.variables)["auc"] == pytest.approx(final["val/auc"])
 

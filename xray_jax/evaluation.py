@@ -85,7 +85,7 @@ def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
 
 def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
   """The records of a run's `split` ("val" or "test"), checked against its class names."""
-  splits = datasets.load_splits(data_config, run.workdir, save=False)
+  splits = datasets.load_splits(data_config, run.workdir)
   if splits.class_names != run.class_names:
     raise errors.DataError(
         f"{data_config.dir}: classes {splits.class_names} differ from the run's "

@@ -148,6 +148,13 @@ def _every(interval: int, steps_per_epoch: int) -> int:
   return steps_per_epoch if interval == -1 else interval
 
 
+def record_split(workdir: pathlib.Path, splits: datasets.Splits) -> None:
+  """Writes a validation split made for this run to the workdir, where a resumed run and
+  evaluation jobs read it back."""
+  if splits.new_split is not None:
+    files.write_atomically(workdir / workdir_files.SPLIT, json.dumps(splits.new_split, indent=1))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the configured model in `workdir`, resuming from its latest checkpoint, and
   returns the last validation metrics.
@@ -169,12 +176,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   sharding.check_batch_size(training.eval_batch_size, mesh, "training.eval_batch_size")
 
   splits = image_check.check_splits(
-      datasets.load_splits(config.data, workdir, save=is_chief), config.data)
+      datasets.load_splits(config.data, workdir), config.data)
   num_classes = len(splits.class_names)
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   eval_every = _every(training.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
   if is_chief:  # The config last: jobs that wait for a run wait for it.
+    record_split(workdir, splits)
     files.write_atomically(workdir / workdir_files.RUN, json.dumps(
         {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}))
     files.write_atomically(workdir / workdir_files.CLASSES, json.dumps(list(splits.class_names)))

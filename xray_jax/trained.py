@@ -72,7 +72,7 @@ def final_step(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   path = workdir / workdir_files.RUN
   if path.is_file():
     return json.loads(path.read_text())["total_steps"]
-  num_train = len(datasets.load_splits(data_config(config, data_dir), workdir, save=False).train)
+  num_train = len(datasets.load_splits(data_config(config, data_dir), workdir).train)
   return optimizers.schedule_length(config.training, num_train)[1]
 
 

@@ -11,10 +11,10 @@ from xray_jax.data.splits import Splits
 
 
 def load_folder_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> Splits:
   """The folder layout, labelled by class folder or by `data.label_rules`; without a val/
-  folder, validation is carved from train and the choice saved in (or read back from)
+  folder, validation is carved from train (or read back from the split recorded in)
   `workdir`."""
   dataset = folder.load_folder_dataset(data_config.dir)
   class_names, found = dataset.class_names, dict(dataset.splits)
@@ -23,11 +23,11 @@ def load_folder_splits(
     class_names = tuple(dict.fromkeys(name for name, _ in rules))
     found = {split: label_rules.apply_label_rules(records, rules, dataset.root)
              for split, records in found.items()}
-  return splits.make_splits(class_names, found, dataset.root, data_config, workdir, save)
+  return splits.make_splits(class_names, found, dataset.root, data_config, workdir)
 
 
 def load_auto_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> Splits:
   """The folder layout in `data.dir` when one is given (read in place), else the TFDS
   dataset (downloaded and prepared on first use).
@@ -36,14 +36,14 @@ def load_auto_splits(
   validation split means the same images either way.
   """
   if data_config.dir:
-    return load_folder_splits(data_config, workdir, save)
-  return tfds_builders.load_tfds_splits(data_config, workdir, save)
+    return load_folder_splits(data_config, workdir)
+  return tfds_builders.load_tfds_splits(data_config, workdir)
 
 
 # Sources that read data.dir: a given one must exist (a typo must not start a download).
 _READ_DATA_DIR = ("folder", "dicom_csv", "auto", "tfds")
 
-# config.data.source -> loader(data_config, workdir, save) -> Splits.
+# config.data.source -> loader(data_config, workdir) -> Splits.
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Splits]] = {
     "folder": load_folder_splits,
     "dicom_csv": dicom_csv.load_dicom_csv_splits,
@@ -54,10 +54,10 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Spl
 
 
 def load_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool = True
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> Splits:
-  """Reads the configured dataset. `save`: may write the validation split to `workdir`
-  (process 0 of a training job; never an evaluation job)."""
+  """Reads the configured dataset (writing nothing: a new validation split comes back in
+  `Splits.new_split` for the trainer to record in `workdir`)."""
   if data_config.source not in SOURCES:
     raise errors.ConfigError(
         f"config.data.source={data_config.source!r}; expected one of {', '.join(SOURCES)}")
@@ -67,4 +67,4 @@ def load_splits(
                 if data_config.source in ("auto", "tfds") else "")
     raise errors.DataError(f"config.data.dir={data_config.dir!r}: no such directory "
                            f"({data_dir.absolute()}){download}")
-  return SOURCES[data_config.source](data_config, pathlib.Path(workdir), save)
+  return SOURCES[data_config.source](data_config, pathlib.Path(workdir))

@@ -45,7 +45,7 @@ def _read_labels(path: pathlib.Path, id_column: str, label_column: str,
 
 
 def load_dicom_csv_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> splits.Splits:
   """Train and validation (carved per patient, saved in `workdir`); no test split."""
   class_names = label_rules.parse_class_names(data_config.class_names)
@@ -62,4 +62,4 @@ def load_dicom_csv_splits(
     raise errors.DataError(
         f"{missing[0]}: no image for this id of {data_config.labels_csv} "
         f"({len(missing)} of {len(records)} ids have no .dcm file)")
-  return splits.make_splits(class_names, {"train": records}, images, data_config, workdir, save)
+  return splits.make_splits(class_names, {"train": records}, images, data_config, workdir)

@@ -31,7 +31,7 @@ def read_npz(path: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_npz_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> splits.Splits:
   """The npz file at (or downloaded from) `data.npz_path`; records carry the image arrays.
 
@@ -48,4 +48,4 @@ def load_npz_splits(
           f"config.data.class_names has {len(class_names)} names")
     found[split] = [{"path": f"{path}/{split}/{i:05d}", "label": int(label), "image": image}
                     for i, (image, label) in enumerate(zip(images, labels, strict=True))]
-  return splits.make_splits(class_names, found, path, data_config, workdir, save)
+  return splits.make_splits(class_names, found, path, data_config, workdir)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import errors, files, workdir_files
+from xray_jax import errors, workdir_files
 from xray_jax.data.records import Record
 
 
@@ -24,6 +24,9 @@ class Splits:
   train: list[Record]
   val: list[Record]
   test: list[Record]  # Empty when the dataset has no test split.
+  # A validation split carved from train just now, for the trainer to record in the
+  # workdir (None when it was read back from there, or the source has its own).
+  new_split: dict | None = None
 
 
 def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
@@ -94,11 +97,10 @@ def stratified_split(
 
 def split_train_val(
     records: Sequence[Record], root: pathlib.Path, data_config: ml_collections.ConfigDict,
-    workdir: pathlib.Path, save: bool = True,
-) -> tuple[list[Record], list[Record]]:
-  """Splits train into train and validation by patient, reusing the split saved in `workdir`
-  if any. A new split is written to `workdir` when `save` (on process 0 of a multi-host job).
-  """
+    workdir: pathlib.Path,
+) -> tuple[list[Record], list[Record], dict | None]:
+  """Splits train into train and validation by patient, reusing the split recorded in
+  `workdir` if any; also returns a new split's record (None when reused)."""
   path = workdir / workdir_files.SPLIT
   names = [_relative(r, root) for r in records]
   if path.exists():
@@ -112,7 +114,7 @@ def split_train_val(
       raise errors.DataError(
           f"{path}: {len(saved) - sum(is_val)} validation images are no longer under {root}")
     return ([r for r, v in zip(records, is_val, strict=True) if not v],
-            [r for r, v in zip(records, is_val, strict=True) if v])
+            [r for r, v in zip(records, is_val, strict=True) if v], None)
   fraction, seed = data_config.val_fraction, data_config.split_seed
   groups = patient_groups(names, data_config.group_pattern)
   train, val = stratified_split(records, groups, fraction, seed)
@@ -120,12 +122,10 @@ def split_train_val(
   val_groups = sorted({g for g, name in zip(groups, names, strict=True) if name in val_names})
   logging.info("validation split: %d of %d groups (patients), %d of %d images",
                len(val_groups), len(set(groups)), len(val), len(records))
-  if save:
-    payload = {"val_fraction": fraction, "split_seed": seed,
-               "group_pattern": data_config.group_pattern, "num_groups": len(set(groups)),
-               "val_groups": val_groups, "val": sorted(val_names)}
-    files.write_atomically(path, json.dumps(payload, indent=1))
-  return train, val
+  record = {"val_fraction": fraction, "split_seed": seed,
+            "group_pattern": data_config.group_pattern, "num_groups": len(set(groups)),
+            "val_groups": val_groups, "val": sorted(val_names)}
+  return train, val, record
 
 
 def saved_validation(workdir: pathlib.Path) -> list[str] | None:
@@ -140,12 +140,12 @@ def _relative(record: Record, root: pathlib.Path) -> str:
 
 def make_splits(
     class_names: tuple[str, ...], found: dict[str, list[Record]], root: pathlib.Path,
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool,
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path,
 ) -> Splits:
   """Splits from those a source holds (train required; val, test optional). Without val,
   validation is carved from train by patient (`data.group_pattern` on the record path
-  relative to `root`, `data.val_fraction`, `data.split_seed`) and saved in `workdir`."""
-  train, val = found["train"], found.get("val")
+  relative to `root`, `data.val_fraction`, `data.split_seed`), or read back from `workdir`."""
+  train, val, new_split = found["train"], found.get("val"), None
   if val is None:
-    train, val = split_train_val(train, root, data_config, workdir, save)
-  return Splits(class_names, train, val, found.get("test", []))
+    train, val, new_split = split_train_val(train, root, data_config, workdir)
+  return Splits(class_names, train, val, found.get("test", []), new_split)

@@ -226,7 +226,7 @@ def prepare(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
 
 def load_tfds_splits(
-    data_config: ml_collections.ConfigDict, workdir: pathlib.Path, save: bool
+    data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> splits.Splits:
   """The prepared dataset's splits; records are NAME/ID paths, labels and TfdsImage.
 
@@ -243,5 +243,4 @@ def load_tfds_splits(
                      "image": TfdsImage(builder_dir, split, i)}
                     for i, example in enumerate(examples)]
   class_names = tuple(builder.info.features["label"].names)
-  return splits.make_splits(class_names, found, pathlib.Path(name), data_config, workdir,
-                            save)
+  return splits.make_splits(class_names, found, pathlib.Path(name), data_config, workdir)
