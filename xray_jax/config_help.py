@@ -9,8 +9,8 @@ import ml_collections
 
 # `config.a.b = value  # comment`, or a model field `name=value,  # comment`.
 _COMMENTED_FIELD = re.compile(r"^\s*(?:config\.)?([A-Za-z_][\w.]*)\s*=(?!=).*?#\s*(.+)$")
-# `config.a.b = value` under a block of comment lines that explains it.
-_FIELD = re.compile(r"^\s*config\.([\w.]+)\s*=(?!=)")
+# `config.a.b = value` or `name=value,` under a block of comment lines that explains it.
+_FIELD = re.compile(r"^\s*(?:config\.)?([A-Za-z_][\w.]*)\s*=(?!=)")
 _COMMENT_LINE = re.compile(r"^\s*#\s*(.*)$")
 
 
