@@ -31,7 +31,7 @@ from xray_jax import (
   sharding,
   trained,
   tta,
-    workdir_files,
+  workdir_files,
 )
 from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.records import Record
