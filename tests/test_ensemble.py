@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import errors, evaluation, predict, train, trained
+from xray_jax import classifier, errors, evaluation, train, trained
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +40,12 @@ def test_evaluate_and_predict_average_the_members(trained_workdir, tmp_path):
   assert "members" not in single_point  # The single run's operating point is its own.
   assert (first / "eval" / "ensemble_val_step6.json").is_file()
 
-  classifier = predict.load(first, ensemble=[second])
-  assert classifier.threshold == point["threshold"]
+  loaded = classifier.load(first, ensemble=[second])
+  assert loaded.threshold == point["threshold"]
   rows = list(csv.DictReader((first / "eval" / "test_step6_predictions.csv").open()))
-  inputs = np.stack([classifier.load_file(r["path"]) for r in rows])
-  np.testing.assert_allclose(classifier.predict_inputs(inputs), ensemble, atol=2e-6)
-  assert predict.load(first).threshold == single_point["threshold"]
+  records = [{"path": r["path"], "label": 0} for r in rows]
+  np.testing.assert_allclose(loaded.predict_records(records), ensemble, atol=2e-6)
+  assert classifier.load(first).threshold == single_point["threshold"]
 
 
 def test_members_must_share_the_validation_images(trained_workdir, tmp_path):

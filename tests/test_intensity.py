@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 from conftest import no_augment, write_image
 
-from xray_jax import evaluation, input_pipeline, predict, sharding
+from xray_jax import classifier, inference, input_pipeline, sharding
 from xray_jax.data import intensity
 
 
@@ -60,11 +60,10 @@ def test_training_evaluation_and_predict_apply_the_same_standardization(
   # Training (augmentation off) and evaluation batches hold that same input.
   trained_input = preprocess(record, no_augment(), np.random.default_rng(0))["image"]
   np.testing.assert_allclose(trained_input, expected, atol=1e-6)
-  classifier = predict.load(workdir)
-  np.testing.assert_allclose(classifier.load_file(str(path)), expected, atol=1e-6)
-  np.testing.assert_allclose(classifier.model_input(np.asarray(PIL.Image.open(path))),
-                             expected, atol=1e-6)
-  run = classifier.run
-  probs, _ = evaluation.Evaluator(run.model, [record], run.config.data, 8,
-                                  sharding.make_mesh()).predict(run.variables)
-  np.testing.assert_allclose(classifier([np.asarray(PIL.Image.open(path))]), probs, atol=1e-6)
+  # The classifier (files and arrays) preprocesses with it and agrees with evaluation.
+  loaded = classifier.load(workdir)
+  assert loaded.preprocess == preprocess
+  run = loaded.run
+  probs, _ = inference.Evaluator(run.model, [record], run.config.data, 8,
+                                 sharding.make_mesh()).predict(run.variables)
+  np.testing.assert_allclose(loaded([np.asarray(PIL.Image.open(path))]), probs, atol=1e-6)

@@ -76,7 +76,7 @@ def test_array_record_preprocesses_like_the_same_image_file(tmp_path):
 
 def test_resize_gray_rejects_other_shapes():
   with pytest.raises(errors.DataError, match=r"expected \[H, W\]"):
-    images.load_array(np.zeros((4, 4, 2), np.uint8), 4)
+    images.array_picture(np.zeros((4, 4, 2), np.uint8))
 
 
 @pytest.mark.slow

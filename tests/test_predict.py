@@ -1,7 +1,9 @@
-"""Inference on new files and arrays: xray_jax.predict."""
+"""Inference on new files and arrays: xray_jax.classifier and the predict binary."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import PIL.Image
 import pytest
 from conftest import REPO_ROOT, make_dicom, write_dicom, write_image
 
-from xray_jax import evaluation, input_pipeline, predict, sharding, trained
+from xray_jax import classifier, evaluation, predict, trained
 
 pytestmark = pytest.mark.slow
 
@@ -26,33 +28,39 @@ def new_images(tmp_path):
   return folder, tmp_path / "c.jpg"
 
 
-def test_classifier_matches_the_evaluation_pipeline(trained_workdir, new_images):
+def test_classify_files_skips_and_reports_unreadable_files(trained_workdir, new_images):
   folder, single = new_images
-  classifier = predict.load(trained_workdir)
-  paths, failures = predict.find_images([str(folder), str(single), str(folder / "gone.png")])
+  loaded = classifier.load(trained_workdir)
+  paths, failures = classifier.find_images([str(folder), str(single), str(folder / "gone.png")])
   assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.png", "b.jpeg", "broken.png",
                                                         "c.jpg"]
   assert list(failures) == [str(folder / "gone.png")]
-  predictions, unreadable = predict.classify_files(classifier, paths)
+  predictions, unreadable = classifier.classify_files(loaded, paths)
   assert list(unreadable) == [str(folder / "broken.png")]
   assert "broken.png: cannot read image" in unreadable[str(folder / "broken.png")]
-  assert len(predictions) == 3
+  assert [p.path for p in predictions] == [p for p in paths if p not in unreadable]
   for p in predictions:
     assert p.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
 
-  # The same probabilities as evaluation's pipeline gives for these files.
-  run = classifier.run
-  records = [{"path": p.path, "label": 0} for p in predictions]
-  probs, _ = evaluation.Evaluator(run.model, records, run.config.data, 8,
-                                  sharding.make_mesh()).predict(run.variables)
-  np.testing.assert_allclose(np.stack([p.probabilities for p in predictions]), probs,
-                             rtol=1e-5, atol=1e-6)
 
-  # Arrays: uint8 gray images of any size are resized like files.
-  pixels = [np.asarray(PIL.Image.open(p.path).convert("L")) for p in predictions]
-  np.testing.assert_allclose(classifier(pixels), probs, atol=0.05)
-  preprocess = input_pipeline.Preprocess.from_config(run.config.data)
-  assert classifier.model_input(pixels[0]).shape == (preprocess.image_size,) * 2 + (1,)
+def test_api_arrays_files_and_evaluate_give_identical_probabilities(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  config = trained.load_config(workdir)
+  evaluation.evaluate_checkpoint(workdir, "val", "latest", config.evaluation)
+  rows = list(csv.DictReader((workdir / "eval" / "val_step6_predictions.csv").open()))
+  assert {r["path"].rsplit(".", 1)[1] for r in rows} == {"png", "jpeg"}
+
+  loaded = classifier.load(workdir, batch_size=config.training.eval_batch_size)
+  pixels = [np.asarray(PIL.Image.open(r["path"]).convert("L")) for r in rows]  # Any size.
+  from_arrays = loaded(pixels)
+  from_files = loaded.predict_records([{"path": r["path"], "label": 0} for r in rows])
+  np.testing.assert_array_equal(from_arrays, from_files)
+  assert ([[f"{p:.6f}" for p in row] for row in from_arrays]
+          == [[r["prob_NORMAL"], r["prob_PNEUMONIA"]] for r in rows])
+  # Float pixels in [0, 1] are resized in float (as DICOM pixels are): close, not equal.
+  from_floats = loaded([x / np.float32(255) for x in pixels])
+  np.testing.assert_allclose(from_floats, from_arrays, atol=0.05)
 
 
 def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_path):
@@ -102,11 +110,12 @@ def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):
   point.parent.mkdir(exist_ok=True)
   point.write_text(json.dumps({"threshold": 0.0}))
   try:
-    classifier = predict.Classifier(run)
-    assert classifier.threshold == 0.0
+    loaded = classifier.Classifier(run)
+    assert loaded.threshold == 0.0
     # P(PNEUMONIA) = 0.1 reaches the saved threshold 0: the decision follows it, not argmax.
-    prediction = predict.Prediction("x.png", np.array([0.9, 0.1]), run.class_names, 0.0)
+    prediction = classifier.Prediction("x.png", np.array([0.9, 0.1]), run.class_names, 0.0)
     assert prediction.predicted == "PNEUMONIA"
+    assert loaded.decisions(np.array([[0.9, 0.1], [1.0, 0.0]])) == ["PNEUMONIA", "PNEUMONIA"]
     table = predict.format_table([prediction])
     assert table.splitlines()[0] == "decision: P(PNEUMONIA) >= 0, operating point"
     header = predict.format_output([prediction], ".csv").splitlines()[0]
@@ -122,9 +131,9 @@ def test_dicom_files_are_classified_like_images(trained_workdir, tmp_path):
   pixels = np.asarray(PIL.Image.open(tmp_path / "scan.png")).astype(np.uint16) * 16  # 12 bit.
   write_dicom(tmp_path / "dicoms" / "scan.dcm",
               make_dicom(pixels, "MONOCHROME2", 12, WindowCenter=2040, WindowWidth=4080))
-  classifier = predict.load(trained_workdir)
-  paths, _ = predict.find_images([str(tmp_path / "dicoms"), str(tmp_path / "scan.png")])
-  predictions, failures = predict.classify_files(classifier, paths)
+  loaded = classifier.load(trained_workdir)
+  paths, _ = classifier.find_images([str(tmp_path / "dicoms"), str(tmp_path / "scan.png")])
+  predictions, failures = classifier.classify_files(loaded, paths)
   assert not failures and [p.path.rsplit(".", 1)[1] for p in predictions] == ["dcm", "png"]
   np.testing.assert_allclose(predictions[0].probabilities, predictions[1].probabilities,
                              atol=0.02)

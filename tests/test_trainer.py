@@ -11,7 +11,7 @@ from conftest import tiny_config
 from xray_jax import (
     checkpointing,
     errors,
-    evaluation,
+    inference,
     models,
     optimizers,
     sharding,
@@ -130,7 +130,7 @@ def test_moving_average_is_checkpointed_and_used_for_validation_and_inference(
   for a, b in zip(leaves(run.variables), leaves(state.ema), strict=True):
     np.testing.assert_array_equal(a, b)
   splits = datasets.load_splits(config.data, workdir)
-  evaluator = evaluation.Evaluator(run.model, splits.val, config.data, 16, mesh)
+  evaluator = inference.Evaluator(run.model, splits.val, config.data, 16, mesh)
   assert evaluator.evaluate(run.variables)["auc"] == pytest.approx(final["val/auc"])
 
 

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xray_jax import errors, evaluation, models, predict, trained, tta
+from xray_jax import classifier, errors, evaluation, models, trained, tta
 
 
 def test_parse_views_names_the_config_key():
@@ -62,12 +62,14 @@ def test_evaluate_and_predict_use_the_configured_views(trained_workdir, tmp_path
   assert report["tta"] == ["hflip", "shift"]
   rows = list(csv.DictReader((workdir / "eval" / "val_step6_predictions.csv").open()))
   probs = np.array([[float(r["prob_NORMAL"]), float(r["prob_PNEUMONIA"])] for r in rows])
-  classifier = predict.load(workdir)
-  inputs = np.stack([classifier.load_file(r["path"]) for r in rows])
-  expected = tta.probabilities(classifier.run.model, classifier.run.variables,
+  loaded = classifier.load(workdir)
+  records = [{"path": r["path"], "label": 0} for r in rows]
+  inputs = np.stack([loaded.preprocess(r)["image"] for r in records])
+  expected = tta.probabilities(loaded.run.model, loaded.run.variables,
                                jnp.asarray(inputs), ("hflip", "shift"))
   np.testing.assert_allclose(probs, expected, atol=2e-6)
-  np.testing.assert_allclose(classifier.predict_inputs(inputs), expected, rtol=1e-5, atol=1e-6)
-  plain = models.class_probabilities(classifier.run.model, classifier.run.variables,
+  np.testing.assert_allclose(loaded.predict_records(records), expected, rtol=1e-5,
+                             atol=1e-6)
+  plain = models.class_probabilities(loaded.run.model, loaded.run.variables,
                                      jnp.asarray(inputs))
   assert not np.allclose(probs, plain, atol=1e-4)

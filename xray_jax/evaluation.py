@@ -1,31 +1,24 @@
-"""Evaluation: sharded inference over a split, and the checkpoint-evaluation job
-(reports, predictions, figures, operating threshold, watching a training run)."""
+"""The checkpoint-evaluation job: reports, predictions, figures and the operating point of a
+checkpoint on a split, and watching a training run (`xray_jax.evaluate` is its binary)."""
 
 import csv
-import functools
 import io
 import json
-import math
 import pathlib
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
-from jax.experimental import multihost_utils
 
 from xray_jax import (
   calibration,
   checkpointing,
   errors,
   files,
-  input_pipeline,
+  inference,
   metrics,
   plots,
   sharding,
@@ -33,50 +26,8 @@ from xray_jax import (
   tta,
   workdir_files,
 )
-from xray_jax.data import datasets, shifts, splits
+from xray_jax.data import datasets, splits
 from xray_jax.data.records import Record
-
-
-class Evaluator:
-  """Predicts class probabilities for fixed records, batch-parallel over the mesh."""
-
-  def __init__(self, model: nn.Module, records: Sequence[Record],
-               data_config: ml_collections.ConfigDict, global_batch_size: int,
-               mesh: jax.sharding.Mesh, views: tuple[str, ...] = ()):
-    self._records = records
-    self._mesh = mesh
-    self._global_batch_size = global_batch_size
-    self._dataset = functools.partial(
-        input_pipeline.create_eval_dataset, records, data_config, global_batch_size,
-        jax.process_index(), jax.process_count())
-
-    self._predict = jax.jit(
-        tta.predict_function(model, views),  # Averaged over test-time `views`, if any.
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-        out_shardings=sharding.batch_sharded(mesh))
-
-  def predict(self, variables: dict[str, Any], shift: shifts.Shift | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (probabilities [N, classes], labels [N]) for the records, in order, with the
-    images under an acquisition `shift` if given."""
-    gathered = []
-    batches = tqdm.tqdm(self._dataset(shift=shift), desc="predicting", unit="batch",
-                        leave=False,
-                        total=math.ceil(len(self._records) / self._global_batch_size),
-                        disable=jax.process_index() != 0 or not sys.stdout.isatty())
-    for local_batch in batches:
-      batch = sharding.to_global_batch(local_batch, self._mesh)
-      batch["probs"] = self._predict(variables, batch.pop("image"))
-      gathered.append(multihost_utils.process_allgather(batch, tiled=True))
-    result = {k: np.concatenate([b[k] for b in gathered]) for k in gathered[0]}
-    order = np.argsort(result["index"])
-    real = order[result["mask"][order] > 0]
-    return result["probs"][real], result["label"][real]
-
-  def evaluate(self, variables: dict[str, Any]) -> dict[str, float]:
-    """Accuracy, loss and ROC AUC of model variables on the records."""
-    probs, labels = self.predict(variables)
-    return metrics.summarize(probs, labels)
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
@@ -185,10 +136,9 @@ def _member_probabilities(
   preprocessing), and the labels."""
   probs = []
   for run in runs:
-    evaluator = Evaluator(run.model, records, trained.data_config(run.config, data_dir),
-                          run.config.training.eval_batch_size,
-                          mesh, views)
-    member_probs, labels = evaluator.predict(run.variables)
+    predictor = inference.Predictor(run.model, trained.data_config(run.config, data_dir),
+                                    run.config.training.eval_batch_size, mesh, views)
+    member_probs, labels = predictor(run.variables, records)
     _check_finite(member_probs, records, run)
     probs.append(member_probs)
   return np.mean(probs, axis=0), labels

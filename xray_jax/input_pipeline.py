@@ -52,8 +52,7 @@ class Preprocess:
     if "image" in record:  # npz and TFDS records carry their pixels (or a lazy TfdsImage).
       picture = images.array_picture(np.asarray(record["image"]))
     else:
-      picture = images.decode_file(record["path"], self.dicom_multiframe,
-                                   draft_size=None if self.shift else self.image_size)
+      picture = images.decode_file(record["path"], self.dicom_multiframe)
     if self.shift is not None:
       key = zlib.crc32(record["path"].encode())  # Noise tied to the image, not the order.
       picture = PIL.Image.fromarray(self.shift(images.unit_pixels(picture), key), mode="F")

@@ -13,6 +13,7 @@ from xray_jax import (
     calibration,
     evaluation,
     files,
+    inference,
     metrics,
     plots,
     sharding,
@@ -81,12 +82,12 @@ def stress_test(
   point = _operating_point(run, evaluation_config, data_dir, mesh)
   threshold, temperature = point.get("threshold"), point.get("temperature", 1.0)
   views = tta.configured_views(evaluation_config)
-  evaluator = evaluation.Evaluator(run.model, records, data_config,
-                                   run.config.training.eval_batch_size, mesh, views)
+  predictor = inference.Predictor(run.model, data_config, run.config.training.eval_batch_size,
+                                  mesh, views)
   names = list(run.class_names)
 
   def scores(shift: shifts.Shift | None) -> dict[str, dict]:
-    probs, labels = evaluator.predict(run.variables, shift)
+    probs, labels = predictor(run.variables, records, shift)
     return _at_thresholds(calibration.apply_temperature(probs, temperature), labels, names,
                           threshold)
 

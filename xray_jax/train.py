@@ -20,8 +20,8 @@ from xray_jax import (
   checkpointing,
   config_checks,
   errors,
-  evaluation,
   files,
+  inference,
   input_pipeline,
   losses,
   metric_writers,
@@ -215,7 +215,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
                                  training.ema_decay, config.loss.mixup_alpha)
-  evaluator = evaluation.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
+  evaluator = inference.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
   start_step = int(state.step)
   writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)

@@ -1,7 +1,6 @@
 """Test-time augmentation: class probabilities averaged over the image and simple views of
 it (a mirror image, small translations, a slight zoom), computed inside the jitted step."""
 
-import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -67,7 +66,3 @@ def configured_views(evaluation_config) -> tuple[str, ...]:
   """The views of a run's `evaluation` section (runs saved before TTA existed have none)."""
   return parse_views(evaluation_config.get("tta", "none"))
 
-
-def predict_function(model: nn.Module, views: tuple[str, ...]) -> Callable:
-  """(variables, images) -> probabilities, to be jitted."""
-  return functools.partial(probabilities, model, views=views)

@@ -11,31 +11,21 @@ from xray_jax.data import dicom
 
 def load_image(path: str, size: int, dicom_multiframe: str = "first") -> np.ndarray:
   """Returns the image at `path` as gray float32 [size, size] in [0, 1]."""
-  return resize(decode_file(path, dicom_multiframe, draft_size=size), size)
+  return resize(decode_file(path, dicom_multiframe), size)
 
 
-def load_array(image: np.ndarray, size: int) -> np.ndarray:
-  """An image array as gray float32 [size, size] in [0, 1], resized as image files are.
-
-  `image`: [H, W], [H, W, 1] or [H, W, 3]; uint8, or float in [0, 1].
-  """
-  return resize(array_picture(image), size)
-
-
-def decode_file(path: str, dicom_multiframe: str = "first",
-                draft_size: int | None = None) -> PIL.Image.Image:
+def decode_file(path: str, dicom_multiframe: str = "first") -> PIL.Image.Image:
   """The image at `path` as a gray picture: mode L (0..255), or F (0..1) for DICOM.
 
   Colour files are converted to luminance: X-rays are gray. `.dcm` files are read with
-  dicom.read_dicom(path, dicom_multiframe). `draft_size`: a JPEG much larger than this may
-  be decoded at a reduced scale.
+  dicom.read_dicom(path, dicom_multiframe). Files are always decoded at full
+  size (no reduced-scale JPEG decoding), so an array of the same pixels preprocesses
+  identically.
   """
   if pathlib.Path(path).suffix.lower() == ".dcm":
     return PIL.Image.fromarray(dicom.read_dicom(path, dicom_multiframe))
   try:
     with PIL.Image.open(path) as image:
-      if draft_size:
-        image.draft("L", (draft_size, draft_size))
       return image.convert("L")
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise errors.DataError(f"{path}: cannot read image: {e}") from e
