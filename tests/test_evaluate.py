@@ -32,6 +32,8 @@ def test_test_split_report_uses_the_validation_threshold(trained_workdir, tmp_pa
   shutil.copytree(trained_workdir, workdir)
   report = evaluation.evaluate_checkpoint(workdir, "test", "latest", evaluation_config())
   assert report["step"] == 6 and report["split"] == "test"
+  config = trained.load_config(trained_workdir)
+  assert report["data"] == {"source": "folder", "dir": config.data.dir}
   # Choosing the threshold needed validation predictions: that report exists too.
   val = json.loads(evaluation.report_path(workdir, "val", 6).read_text())
   point = json.loads(trained.operating_point_path(workdir, 6).read_text())

@@ -87,3 +87,4 @@ def test_training_on_an_npz_file(tmp_path):
   assert json.loads((tmp_path / "work" / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
   report = evaluation.evaluate_checkpoint(tmp_path / "work", "test", "latest", config.evaluation)
   assert report["at_0.5"]["num_examples"] == 32  # The file's test arrays: 16 per class.
+  assert report["data"] == {"source": "npz", "npz_path": str(tmp_path / "p.npz")}

@@ -53,6 +53,18 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Spl
 }
 
 
+def data_location(data_config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The source and the config fields that say where its images come from, for reports:
+  data.dir for folders (and dicom_csv, with its labels CSV), data.npz_path for npz, the
+  TFDS dataset name otherwise."""
+  source = data_config.source
+  if source == "auto":
+    source = "folder" if data_config.dir else "tfds"
+  where = {"folder": ("dir",), "dicom_csv": ("dir", "labels_csv"), "npz": ("npz_path",),
+           "tfds": ("tfds_name", "tfds_data_dir")}[source]
+  return {"source": source, **{key: data_config[key] for key in where if data_config[key]}}
+
+
 def load_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> Splits:
