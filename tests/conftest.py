@@ -1,11 +1,15 @@
 """Shared fixtures: 8 CPU devices, parsed absl flags, and small generated datasets."""
 
+import fcntl
 import importlib.util
 import os
 import pathlib
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import jax
@@ -65,6 +69,26 @@ def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
   from xray_jax import trained
 
   return [np.asarray(x) for x in jax.tree.leaves(trained.load(workdir, "latest").variables)]
+
+
+def run_in_terminal(command: list[str], devices: int = 2) -> tuple[int, str]:
+  """Runs `command` with stdout on a 100-column pseudo-terminal; (exit code, what it showed)."""
+  controller, terminal = pty.openpty()
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=cpu_env(devices), stdout=terminal,
+                          stderr=subprocess.DEVNULL)
+  os.close(terminal)
+  shown = b""
+  while True:
+    try:
+      chunk = os.read(controller, 4096)
+    except OSError:  # The program ended and closed the terminal.
+      break
+    if not chunk:
+      break
+    shown += chunk
+  os.close(controller)
+  return proc.wait(timeout=600), shown.decode(errors="replace")
 
 
 def write_image(path: pathlib.Path, label: int, rng: np.random.Generator, size: int = 32):

@@ -1,16 +1,12 @@
 """`python -m xray_jax.main` as a user runs it, in a separate process."""
 
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_in_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -120,26 +116,10 @@ def test_help_lists_configs_and_print_config_explains_every_field():
 
 
 def test_a_terminal_gets_a_progress_bar(dataset_dir, tmp_path):
-  controller, terminal = pty.openpty()
-  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns.
-  proc = subprocess.Popen(
+  returncode, screen = run_in_terminal(
       [sys.executable, "-m", "xray_jax.main", "--config=configs/pneumonia.py:runlocal",
-       f"--workdir={tmp_path / 'run'}", f"--config.data.dir={dataset_dir}", *TINY],
-      cwd=REPO_ROOT, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-      stdout=terminal, stderr=subprocess.DEVNULL)
-  os.close(terminal)
-  shown = b""
-  while True:
-    try:
-      chunk = os.read(controller, 4096)
-    except OSError:  # The program ended and closed the terminal.
-      break
-    if not chunk:
-      break
-    shown += chunk
-  os.close(controller)
-  assert proc.wait(timeout=600) == 0
-  screen = shown.decode(errors="replace")
+       f"--workdir={tmp_path / 'run'}", f"--config.data.dir={dataset_dir}", *TINY])
+  assert returncode == 0
   assert "training: 100%" in screen and "6/6" in screen and "step/s" in screen
 
 

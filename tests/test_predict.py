@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, make_dicom, write_dicom, write_image
+from conftest import REPO_ROOT, make_dicom, run_in_terminal, write_dicom, write_image
 
 from xray_jax import classifier, evaluation, predict, trained
 
@@ -101,6 +102,19 @@ def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_p
       timeout=600, env=env)
   assert only_broken.returncode == 1
   assert not as_csv.exists()  # Nothing classified: no empty file blocks the next try.
+
+
+def test_predict_in_a_terminal_shows_a_progress_bar(trained_workdir, tmp_path):
+  rng = np.random.default_rng(11)
+  for i in range(40):  # 3 batches of 16.
+    write_image(tmp_path / "many" / f"x{i:02d}.png", i % 2, rng)
+  returncode, screen = run_in_terminal(
+      [sys.executable, "-m", "xray_jax.predict", f"--workdir={trained_workdir}",
+       "--batch_size=16", str(tmp_path / "many")])
+  assert returncode == 0
+  assert re.search(r"predicting: +\d+%\|.*\| 0/3 \[", screen)  # A bar over 3 batches ...
+  assert re.search(r"predicting: +\d+%\|.*\| [123]/3 \[", screen)  # ... that advances.
+  assert screen.count(".png") == 40  # The table still lists every file.
 
 
 def test_threshold_from_validation_is_reported(trained_workdir, tmp_path):

@@ -39,6 +39,7 @@ def map_batches(function: BatchFunction, variables: dict[str, Any],
   """
   gathered = []
   bar = tqdm.tqdm(local_batches, desc="predicting", unit="batch", leave=False, total=num_batches,
+                  dynamic_ncols=True, file=sys.stdout,
                   disable=jax.process_index() != 0 or not sys.stdout.isatty())
   for local_batch in bar:
     batch = sharding.to_global_batch(local_batch, mesh)
