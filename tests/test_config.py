@@ -67,6 +67,13 @@ def test_check_config_names_the_bad_key(key, value, message):
     config_checks.check_config(config)
 
 
+def test_bad_resnet_stem_is_reported():
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=resnet18")
+  config.model.stem = "tiny"
+  with pytest.raises(errors.ConfigError, match=r"model\.stem='tiny'.*imagenet, small, auto"):
+    config_checks.check_config(config)
+
+
 def test_unknown_data_source_is_reported(tmp_path):
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)
   config.data.source = "s3"

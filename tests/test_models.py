@@ -86,3 +86,27 @@ def test_batch_norm_momentum_comes_from_the_config(name):
   # same batch whatever the momentum; a running mean starts at 0 and moves by (1 - m).
   for slow, fast in zip(running_means(0.75), running_means(0.25), strict=True):
     assert jnp.allclose(fast, 3.0 * slow, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stem, size, kernel, features", [
+    ("imagenet", 32, 7, 1), ("small", 32, 3, 4), ("auto", 16, 3, 2), ("auto", 28, 7, 1),
+    ("auto", 64, 7, 2)])
+def test_resnet_stem_sets_the_feature_map_size(stem, size, kernel, features):
+  """The small stem keeps full resolution into the stages (stride 1, no pool), so small
+  inputs end in a feature map larger than 1x1; auto chooses it below 28 px."""
+  config = small_config("resnet18")
+  config.stem = stem
+  model = models.create_model(config, num_classes=2)
+  images = jnp.zeros((1, size, size, 1))
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  assert variables["params"]["Conv_0"]["kernel"].shape[:2] == (kernel, kernel)
+  _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+  feature_map = state["intermediates"]["features"][0]
+  assert feature_map.shape[1:3] == (features, features)
+
+
+def test_resnet_without_a_stem_field_keeps_the_imagenet_stem():
+  """Runs saved before model.stem existed were trained with the ImageNet stem."""
+  model = models.create_model(small_config("resnet18"), num_classes=2)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)), train=False)
+  assert variables["params"]["Conv_0"]["kernel"].shape[:2] == (7, 7)

@@ -6,7 +6,7 @@ import ml_collections
 
 from xray_jax import errors, tta
 from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
-from xray_jax.models import conv
+from xray_jax.models import conv, resnet
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -71,6 +71,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name == "cnn":
     _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
+  if config.model.name.startswith("resnet"):
+    stem = config.model.get("stem", "imagenet")
+    _require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
   conv_impl = config.model.get("conv_impl", "xla")
   _require(conv_impl in conv.IMPLS, "model.conv_impl", conv_impl, " or ".join(conv.IMPLS))
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",

@@ -183,7 +183,8 @@ def evaluate_checkpoint(
   probs = calibration.apply_temperature(probs, point.get("temperature", 1.0))
   name = trained.output_prefix(members) + split
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
-            "data": datasets.data_location(data_config), "tta": list(views), "operating_point": point,
+            "data": datasets.data_location(data_config), "tta": list(views),
+            "operating_point": point,
             **({"members": trained.member_names(members)} if members else {}),
             "at_0.5": metrics.classification_report(probs, labels, names)}
   if point.get("threshold") is not None:

@@ -49,8 +49,22 @@ class Bottleneck(ResidualBlock):
     return nn.relu(x + y)
 
 
+# Stems, each a function of the input size: the ImageNet stem (7x7 convolution, stride 2, then
+# 3x3 max-pool, stride 2), one for small inputs (3x3 convolution, stride 1, no pool), and
+# "auto": the small stem below SMALL_STEM_BELOW pixels, the ImageNet stem from there up.
+STEMS = ("imagenet", "small", "auto")
+SMALL_STEM_BELOW = 28  # Measured: README, "Small images".
+
+
+def stem_for(stem: str, input_size: int) -> str:
+  """The stem that `stem` ("auto" included) means for square inputs of `input_size` pixels."""
+  if stem == "auto":
+    return "small" if input_size < SMALL_STEM_BELOW else "imagenet"
+  return stem
+
+
 class ResNet(nn.Module):
-  """A 7x7 stem with max-pool, four stages of residual blocks, global average pooling."""
+  """A stem, four stages of residual blocks, global average pooling."""
 
   num_classes: int
   stage_sizes: Sequence[int]
@@ -60,6 +74,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
   batch_norm_momentum: float = 0.9
+  stem: str = "imagenet"  # One of STEMS. Runs saved before this field used "imagenet".
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -67,9 +82,12 @@ class ResNet(nn.Module):
                              momentum=self.batch_norm_momentum, dtype=self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
-    x = conv(self.width, (7, 7), 2)(x.astype(self.dtype))
-    x = nn.relu(norm()(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = x.astype(self.dtype)
+    if stem_for(self.stem, x.shape[1]) == "small":
+      x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
+    else:
+      x = nn.relu(norm()(conv(self.width, (7, 7), 2)(x)))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
