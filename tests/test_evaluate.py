@@ -160,6 +160,13 @@ def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_pat
       assert report["mean"][at][score] == pytest.approx(np.mean(values))
   with PIL.Image.open(workdir / "eval" / "stress_step6.png") as image:
     assert image.format == "PNG" and min(image.size) > 100
+  # The probabilities behind every score are kept for further analysis.
+  saved = np.load(workdir / "eval" / "stress_step6.npz")
+  assert len(saved.files) == 2 + len(results)  # labels, clean, each shift at each severity.
+  blur = saved["blur_3"]
+  assert blur.shape == (len(saved["labels"]), 2)
+  assert report["shifts"]["blur"]["3"]["at_0.5"]["roc_auc"] == pytest.approx(
+      sklearn.metrics.roc_auc_score(saved["labels"], blur[:, 1]))
 
 
 def test_the_final_step_comes_from_the_run_not_the_dataset(trained_workdir, tmp_path):

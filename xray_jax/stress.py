@@ -1,6 +1,7 @@
 """The shift stress test: a checkpoint's validation metrics under controlled acquisition
 shifts (`xray_jax.data.shifts`), each at three severities, and their mean over all."""
 
+import io
 import json
 import pathlib
 
@@ -85,11 +86,14 @@ def stress_test(
   predictor = inference.Predictor(run.model, data_config, run.config.training.eval_batch_size,
                                   mesh, views)
   names = list(run.class_names)
+  saved = {}  # Every evaluation's probabilities, for analyses beyond the report's scores.
 
   def scores(shift: shifts.Shift | None) -> dict[str, dict]:
     probs, labels = predictor(run.variables, records, shift)
-    return _at_thresholds(calibration.apply_temperature(probs, temperature), labels, names,
-                          threshold)
+    probs = calibration.apply_temperature(probs, temperature)
+    saved["labels"] = labels
+    saved["clean" if shift is None else f"{shift.name}_{shift.severity}"] = probs
+    return _at_thresholds(probs, labels, names, threshold)
 
   report = {"split": "val", "step": run.step, "workdir": str(run.workdir), "seed": seed,
             "tta": list(views), "temperature": temperature, "threshold": threshold,
@@ -106,6 +110,9 @@ def stress_test(
     path = report_path(run.workdir, run.step)
     files.write_atomically(path, json.dumps(report, indent=1))
     _plot(report, path.with_suffix(".png"))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **saved)
+    files.write_atomically(path.with_suffix(".npz"), buffer.getvalue())
   return report
 
 
