@@ -16,7 +16,7 @@ import pytest
 import sklearn.metrics
 from conftest import REPO_ROOT
 
-from xray_jax import errors, evaluation, stress, trained, workdir_files
+from xray_jax import errors, evaluation, metrics, stress, trained, workdir_files
 from xray_jax.data import shifts
 
 pytestmark = pytest.mark.slow
@@ -167,6 +167,19 @@ def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_pat
   assert blur.shape == (len(saved["labels"]), 2)
   assert report["shifts"]["blur"]["3"]["at_0.5"]["roc_auc"] == pytest.approx(
       sklearn.metrics.roc_auc_score(saved["labels"], blur[:, 1]))
+
+
+def test_robust_threshold_is_chosen_over_the_shifted_validation_split(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  config = evaluation_config("robust")
+  point = evaluation.evaluate_checkpoint(workdir, "val", "latest", config)["operating_point"]
+  assert point["method"] == "robust"
+  stress.stress_test(workdir, "latest", config)  # Keeps the same clean and shifted scores.
+  saved = np.load(workdir / "eval" / "stress_step6.npz")
+  scorings = [saved[key][:, 1] for key in saved.files if key != "labels"]
+  assert len(scorings) == 1 + 3 * len(shifts.SHIFTS)
+  assert point["threshold"] == metrics.robust_threshold(saved["labels"] == 1, scorings)
 
 
 def test_the_final_step_comes_from_the_run_not_the_dataset(trained_workdir, tmp_path):

@@ -155,6 +155,31 @@ def test_choose_threshold_known_answer():
     metrics.choose_threshold(np.zeros(9, bool), scores, "sensitivity")
 
 
+def test_robust_threshold_maximizes_the_mean_youden_index_over_scorings():
+  scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+  is_positive = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1], bool)
+  # One scoring: Youden's own choice.
+  assert metrics.robust_threshold(is_positive, [scores]) == 0.6
+  # A shifted scoring that raises the negatives: 0.6 now costs false positives there.
+  shifted = np.where(is_positive, scores, scores + 0.25)
+  rng = np.random.default_rng(0)
+  sets = [scores, shifted, np.clip(scores + rng.normal(0, 0.1, 9), 0, 1)]
+  chosen = metrics.robust_threshold(is_positive, sets)
+
+  def mean_youden(t):
+    return np.mean([(s[is_positive] >= t).mean() - (s[~is_positive] >= t).mean() for s in sets])
+
+  candidates = np.unique(np.concatenate(sets))
+  best = max(mean_youden(t) for t in candidates)
+  assert mean_youden(chosen) == pytest.approx(best)
+  assert chosen == max(t for t in candidates if mean_youden(t) >= best - 1e-12)  # Highest tie.
+  probs, labels = binary_data()  # One scoring of many examples: Youden's choice again.
+  assert metrics.robust_threshold(labels == 1, [probs[:, 1]]) == metrics.choose_threshold(
+      labels == 1, probs[:, 1], "youden")
+  with pytest.raises(ValueError, match="positive and negative"):
+    metrics.robust_threshold(np.ones(9, bool), sets)
+
+
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
 def test_choose_threshold_meets_sensitivity_at_fewest_false_positives(target):
   probs, labels = binary_data()

@@ -98,8 +98,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for a bad `config.evaluation` value."""
-  _require(evaluation.threshold_method in ("youden", "sensitivity"),
-           "evaluation.threshold_method", evaluation.threshold_method, "youden or sensitivity")
+  _require(evaluation.threshold_method in ("youden", "sensitivity", "robust"),
+           "evaluation.threshold_method", evaluation.threshold_method,
+           "youden, sensitivity or robust")
   _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
            evaluation.target_sensitivity, "a value in (0, 1]")
   tta.configured_views(evaluation)  # Raises ConfigError for an unknown view.

@@ -6,7 +6,7 @@ import io
 import json
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -26,7 +26,7 @@ from xray_jax import (
   tta,
   workdir_files,
 )
-from xray_jax.data import datasets, splits
+from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.records import Record
 
 
@@ -103,10 +103,12 @@ def _operating_point(
     run: trained.TrainedRun, members: Sequence[trained.TrainedRun], split: str,
     probs: np.ndarray, labels: np.ndarray, evaluation_config: ml_collections.ConfigDict,
     data_dir: str | None, mesh: jax.sharding.Mesh,
+    shifted: Callable[[shifts.Shift], np.ndarray],
 ) -> dict:
   """The temperature and, for two classes, the decision threshold chosen on validation:
   chosen and saved now on split val, else read back (from a validation evaluation run
-  first if needed)."""
+  first if needed). `shifted(shift)`: the validation probabilities under an acquisition
+  shift, for the "robust" threshold."""
   if split != "val":
     if not trained.load_operating_point(run, members):
       evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir, mesh,
@@ -116,32 +118,42 @@ def _operating_point(
            "temperature": calibration.fit_temperature(probs, labels)
            if evaluation_config.get("temperature_scaling", False) else 1.0}
   if probs.shape[1] == 2:
-    calibrated = calibration.apply_temperature(probs, point["temperature"])
-    point.update(method=evaluation_config.threshold_method,
-                 target_sensitivity=evaluation_config.target_sensitivity,
-                 threshold=metrics.choose_threshold(
-                     labels == 1, calibrated[:, 1], evaluation_config.threshold_method,
-                     evaluation_config.target_sensitivity))
+    method = evaluation_config.threshold_method
+    scores = calibration.apply_temperature(probs, point["temperature"])[:, 1]
+    if method == "robust":
+      threshold = metrics.robust_threshold(labels == 1, [scores, *(
+          calibration.apply_temperature(shifted(shift), point["temperature"])[:, 1]
+          for shift in shifts.all_shifts())])
+    else:
+      threshold = metrics.choose_threshold(labels == 1, scores, method,
+                                           evaluation_config.target_sensitivity)
+    point.update(method=method, target_sensitivity=evaluation_config.target_sensitivity,
+                 threshold=threshold)
   if jax.process_index() == 0:
     files.write_atomically(trained.operating_point_path(
         run.workdir, run.step, trained.output_prefix(members)), json.dumps(point, indent=1))
   return point
 
 
-def _member_probabilities(
-    runs: Sequence[trained.TrainedRun], records: Sequence[Record], data_dir: str | None,
-    views: tuple[str, ...], mesh: jax.sharding.Mesh,
-) -> tuple[np.ndarray, np.ndarray]:
-  """The runs' class probabilities for `records`, averaged (each run with its own model and
-  preprocessing), and the labels."""
-  probs = []
-  for run in runs:
-    predictor = inference.Predictor(run.model, trained.data_config(run.config, data_dir),
-                                    run.config.training.eval_batch_size, mesh, views)
-    member_probs, labels = predictor(run.variables, records)
-    _check_finite(member_probs, records, run)
-    probs.append(member_probs)
-  return np.mean(probs, axis=0), labels
+def _ensemble_predictor(
+    runs: Sequence[trained.TrainedRun], data_dir: str | None, views: tuple[str, ...],
+    mesh: jax.sharding.Mesh,
+) -> Callable[[Sequence[Record], shifts.Shift | None], tuple[np.ndarray, np.ndarray]]:
+  """(records, shift) -> the runs' class probabilities for `records` under `shift`, averaged
+  (each run with its own model and preprocessing), and the labels."""
+  predictors = [(run, inference.Predictor(run.model, trained.data_config(run.config, data_dir),
+                                          run.config.training.eval_batch_size, mesh, views))
+                for run in runs]
+
+  def predict(records: Sequence[Record], shift: shifts.Shift | None = None):
+    probs = []
+    for run, predictor in predictors:
+      member_probs, labels = predictor(run.variables, records, shift)
+      _check_finite(member_probs, records, run)
+      probs.append(member_probs)
+    return np.mean(probs, axis=0), labels
+
+  return predict
 
 
 def _check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun]) -> None:
@@ -176,10 +188,11 @@ def evaluate_checkpoint(
   data_config = trained.data_config(run.config, data_dir)
   records = split_records(run, data_config, split)
   views = tta.configured_views(evaluation_config)
-  probs, labels = _member_probabilities([run, *members], records, data_dir, views, mesh)
+  predict = _ensemble_predictor([run, *members], data_dir, views, mesh)
+  probs, labels = predict(records)
   names = list(run.class_names)
   point = _operating_point(run, members, split, probs, labels, evaluation_config, data_dir,
-                           mesh)
+                           mesh, shifted=lambda shift: predict(records, shift)[0])
   probs = calibration.apply_temperature(probs, point.get("temperature", 1.0))
   name = trained.output_prefix(members) + split
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),

@@ -1,5 +1,7 @@
 """Classification metrics computed on the host from predicted probabilities."""
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -181,6 +183,22 @@ def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, method: str,
     raise ValueError(f"target_sensitivity must lie in (0, 1]; got {target_sensitivity}.")
   # tpr is non-decreasing as thresholds descend and ends at 1, so a first hit always exists.
   return float(thresholds[np.argmax(tpr >= target_sensitivity)])
+
+
+def robust_threshold(is_positive: np.ndarray, score_sets: Sequence[np.ndarray]) -> float:
+  """The threshold with the highest mean Youden index (TPR - FPR) over several scorings of
+  the same examples, such as the validation split clean and under acquisition shifts; ties
+  go to the highest threshold. Candidates are the scores that occur."""
+  candidates = np.unique(np.concatenate(score_sets))
+  mean_youden = np.zeros(len(candidates))
+  for scores in score_sets:
+    for group, sign in ((scores[is_positive], 1.0), (scores[~is_positive], -1.0)):
+      if not len(group):
+        raise ValueError("Threshold method 'robust' needs positive and negative examples.")
+      at_or_above = len(group) - np.searchsorted(np.sort(group), candidates, side="left")
+      mean_youden += sign * at_or_above / len(group) / len(score_sets)
+  best = np.flatnonzero(mean_youden >= mean_youden.max() - 1e-12)
+  return float(candidates[best[-1]])
 
 
 def _ratio(numerator: float, denominator: float) -> float:
