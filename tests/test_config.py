@@ -70,7 +70,7 @@ def test_check_config_names_the_bad_key(key, value, message):
 def test_bad_resnet_stem_is_reported():
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=resnet18")
   config.model.stem = "tiny"
-  with pytest.raises(errors.ConfigError, match=r"model\.stem='tiny'.*imagenet, small, auto"):
+  with pytest.raises(errors.ConfigError, match=r"model\.stem='tiny'.*imagenet, small, fast, auto"):
     config_checks.check_config(config)
 
 

@@ -90,10 +90,11 @@ def test_batch_norm_momentum_comes_from_the_config(name):
 
 @pytest.mark.parametrize("stem, size, kernel, features", [
     ("imagenet", 32, 7, 1), ("small", 32, 3, 4), ("auto", 16, 3, 2), ("auto", 28, 7, 1),
-    ("auto", 64, 7, 2)])
+    ("auto", 64, 7, 2), ("fast", 64, 4, 1), ("fast", 224, 4, 4), ("imagenet", 128, 7, 4)])
 def test_resnet_stem_sets_the_feature_map_size(stem, size, kernel, features):
   """The small stem keeps full resolution into the stages (stride 1, no pool), so small
-  inputs end in a feature map larger than 1x1; auto chooses it below 28 px."""
+  inputs end in a feature map larger than 1x1; auto chooses it below 28 px. The fast stem
+  halves the size once more: 224 px ends as 128 px does with the ImageNet stem."""
   config = small_config("resnet18")
   config.stem = stem
   model = models.create_model(config, num_classes=2)

@@ -49,10 +49,11 @@ class Bottleneck(ResidualBlock):
     return nn.relu(x + y)
 
 
-# Stems, each a function of the input size: the ImageNet stem (7x7 convolution, stride 2, then
-# 3x3 max-pool, stride 2), one for small inputs (3x3 convolution, stride 1, no pool), and
-# "auto": the small stem below SMALL_STEM_BELOW pixels, the ImageNet stem from there up.
-STEMS = ("imagenet", "small", "auto")
+# Stems: the ImageNet stem (7x7 convolution, stride 2, then 3x3 max-pool, stride 2), one for
+# small inputs (3x3 convolution, stride 1, no pool), one for large inputs at a small input's
+# cost ("fast": 4x4 convolution on non-overlapping patches, stride 4, then 3x3 max-pool,
+# stride 2), and "auto": the small stem below SMALL_STEM_BELOW pixels, else the ImageNet stem.
+STEMS = ("imagenet", "small", "fast", "auto")
 SMALL_STEM_BELOW = 28  # Measured: README, "Small images".
 
 
@@ -83,10 +84,12 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
     x = x.astype(self.dtype)
-    if stem_for(self.stem, x.shape[1]) == "small":
+    stem = stem_for(self.stem, x.shape[1])
+    if stem == "small":
       x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
     else:
-      x = nn.relu(norm()(conv(self.width, (7, 7), 2)(x)))
+      kernel, stride = ((4, 4), 4) if stem == "fast" else ((7, 7), 2)
+      x = nn.relu(norm()(conv(self.width, kernel, stride)(x)))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
