@@ -165,8 +165,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
   config.evaluation.threshold_method = "youden"  # Operating point chosen on validation:
-  # youden (max sensitivity + specificity), sensitivity (reach target_sensitivity) or robust
-  # (max mean sensitivity + specificity over validation clean and under every stress shift).
+  # fixed (fixed_threshold, not tuned), youden (max sensitivity + specificity), sensitivity
+  # (reach target_sensitivity) or robust (max mean sensitivity + specificity over validation
+  # clean and under every stress shift).
+  config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
   # Fit a temperature on validation (saved with the operating point, which is then chosen

@@ -67,6 +67,16 @@ def test_check_config_names_the_bad_key(key, value, message):
     config_checks.check_config(config)
 
 
+def test_bad_threshold_method_or_fixed_threshold_is_reported():
+  evaluation = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None).evaluation
+  evaluation.threshold_method = "median"
+  with pytest.raises(errors.ConfigError, match=r"threshold_method='median'.*fixed, youden"):
+    config_checks.check_evaluation_config(evaluation)
+  evaluation.threshold_method, evaluation.fixed_threshold = "fixed", 1.5
+  with pytest.raises(errors.ConfigError, match=r"evaluation\.fixed_threshold=1\.5"):
+    config_checks.check_evaluation_config(evaluation)
+
+
 def test_bad_resnet_stem_is_reported():
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=resnet18")
   config.model.stem = "tiny"

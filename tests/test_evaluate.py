@@ -169,6 +169,17 @@ def test_stress_binary_reports_every_shift_and_the_mean(trained_workdir, tmp_pat
       sklearn.metrics.roc_auc_score(saved["labels"], blur[:, 1]))
 
 
+def test_fixed_threshold_is_not_tuned_on_validation(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  config = evaluation_config("fixed")
+  config.fixed_threshold = 0.5
+  report = evaluation.evaluate_checkpoint(workdir, "test", "latest", config)
+  assert report["operating_point"]["method"] == "fixed"
+  assert report["operating_point"]["threshold"] == 0.5
+  assert report["at_operating_point"]["accuracy"] == report["at_0.5"]["accuracy"]
+
+
 def test_robust_threshold_is_chosen_over_the_shifted_validation_split(trained_workdir, tmp_path):
   workdir = tmp_path / "work"
   shutil.copytree(trained_workdir, workdir)

@@ -4,7 +4,7 @@ import re
 
 import ml_collections
 
-from xray_jax import errors, tta
+from xray_jax import errors, metrics, tta
 from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
 from xray_jax.models import conv, resnet
 
@@ -98,9 +98,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for a bad `config.evaluation` value."""
-  _require(evaluation.threshold_method in ("youden", "sensitivity", "robust"),
-           "evaluation.threshold_method", evaluation.threshold_method,
-           "youden, sensitivity or robust")
+  _require(evaluation.threshold_method in metrics.THRESHOLD_METHODS, "evaluation.threshold_method",
+           evaluation.threshold_method, ", ".join(metrics.THRESHOLD_METHODS))
+  if evaluation.threshold_method == "fixed":
+    _require(0 < evaluation.get("fixed_threshold", -1) < 1, "evaluation.fixed_threshold",
+             evaluation.get("fixed_threshold"), "a value in (0, 1)")
   _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
            evaluation.target_sensitivity, "a value in (0, 1]")
   tta.configured_views(evaluation)  # Raises ConfigError for an unknown view.

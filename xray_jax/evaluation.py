@@ -120,7 +120,9 @@ def _operating_point(
   if probs.shape[1] == 2:
     method = evaluation_config.threshold_method
     scores = calibration.apply_temperature(probs, point["temperature"])[:, 1]
-    if method == "robust":
+    if method == "fixed":  # Not tuned on validation at all.
+      threshold = float(evaluation_config.fixed_threshold)
+    elif method == "robust":
       threshold = metrics.robust_threshold(labels == 1, [scores, *(
           calibration.apply_temperature(shifted(shift), point["temperature"])[:, 1]
           for shift in shifts.all_shifts())])

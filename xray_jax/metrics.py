@@ -160,6 +160,12 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
   return float(np.sum(counts * np.abs(accuracy - mean_confidence)) / counts.sum())
 
 
+# How the evaluation job chooses the decision threshold of two classes on validation
+# (config.evaluation.threshold_method): a fixed value, choose_threshold's two methods, or
+# robust_threshold over the validation split clean and under every stress-test shift.
+THRESHOLD_METHODS = ("fixed", "youden", "sensitivity", "robust")
+
+
 def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, method: str,
                      target_sensitivity: float = 0.95) -> float:
   """An operating threshold; an example is predicted positive when score >= threshold.
