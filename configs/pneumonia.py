@@ -75,7 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.std = 0.25  # Scale of that normalization.
   # Per-image intensity standardization after the resize, in training, evaluation and
   # predict: none, equalize (histogram equalization) or clahe (adaptive, contrast-limited).
-  config.data.intensity = "none"
+  # CLAHE is the default: in the two-seed ablation (README, Results) it raised specificity on
+  # validation and under the stress test's shifts, at the same ROC AUC.
+  config.data.intensity = "clahe"
   config.data.clahe_clip_limit = 0.01  # clahe: contrast limit in (0, 1]; higher is stronger.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
   config.data.split_seed = 0  # Seeds that validation split.
@@ -164,10 +166,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.ema_decay = 0.0
 
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
-  config.evaluation.threshold_method = "youden"  # Operating point chosen on validation:
-  # fixed (fixed_threshold, not tuned), youden (max sensitivity + specificity), sensitivity
+  # The operating point (decision threshold of two classes): fixed (fixed_threshold, not
+  # tuned), or chosen on validation: youden (max sensitivity + specificity), sensitivity
   # (reach target_sensitivity) or robust (max mean sensitivity + specificity over validation
-  # clean and under every stress shift).
+  # clean and under every stress shift). fixed 0.5 is the default: judged under shifts held
+  # out from the choice, it beat every tuned threshold (README, Results); youden was worst.
+  config.evaluation.threshold_method = "fixed"
   config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.

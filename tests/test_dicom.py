@@ -186,6 +186,7 @@ def test_dicom_folder_through_the_eval_pipeline(tmp_path):
   assert [r["label"] for r in records] == [0, 0, 1, 1]
   config = load_config_module(REPO_ROOT / "configs" / "pneumonia.py").get_config("runlocal")
   config.data.image_size = 16
+  config.data.intensity = "none"  # The decoded pixels, only resized and normalized.
   batch = next(iter(input_pipeline.create_eval_dataset(records, config.data, 4)))
   for record, image in zip(records, batch["image"], strict=True):
     expected = _resized(record["path"], 16)
