@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from xray_jax.models import common
+from xray_jax.models import common, pooling
 from xray_jax.models import conv as conv_lib
 
 
@@ -40,7 +40,7 @@ class ClassicCNN(nn.Module):
         x = nn.relu(x)
       if block == len(self.widths) - 1:
         x = common.expose_features(self, x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = pooling.max_pool(x, (2, 2), strides=(2, 2))
     if self.pooling == "avg":
       x = jnp.mean(x, axis=(1, 2))
     elif self.pooling == "max":

@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from xray_jax.models import common
+from xray_jax.models import common, pooling
 from xray_jax.models import conv as conv_lib
 
 
@@ -90,7 +90,7 @@ class ResNet(nn.Module):
     else:
       kernel, stride = ((4, 4), 4) if stem == "fast" else ((7, 7), 2)
       x = nn.relu(norm()(conv(self.width, kernel, stride)(x)))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
