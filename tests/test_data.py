@@ -1,6 +1,7 @@
 """Folder discovery, the validation split, decoding, augmentation and the grain pipeline."""
 
 import json
+import pathlib
 
 import ml_collections
 import numpy as np
@@ -266,3 +267,16 @@ def test_worker_processes_give_the_same_batches_and_resume(dataset_dir):
   for expected, actual in zip(in_process, first + rest, strict=True):
     np.testing.assert_array_equal(expected["image"], actual["image"])
     np.testing.assert_array_equal(expected["label"], actual["label"])
+
+
+def test_make_paths_absolute_resolves_local_paths_only(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  data = ml_collections.ConfigDict(dict(
+      dir="images", npz_path="https://example.org/pneumoniamnist.npz", tfds_data_dir="",
+      download_dir="~/downloads", labels_csv="labels.csv"))
+  datasets.make_paths_absolute(data)
+  assert data.dir == str(tmp_path / "images")
+  assert data.npz_path == "https://example.org/pneumoniamnist.npz"
+  assert data.tfds_data_dir == ""
+  assert data.download_dir == str(pathlib.Path("~/downloads").expanduser())
+  assert data.labels_csv == "labels.csv"  # Relative to data.dir, by design.

@@ -86,13 +86,16 @@ def test_resume_gives_the_same_params_and_batches(dataset_dir, tmp_path, monkeyp
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path):
+def test_workdir_contents_and_restore_on_one_device(dataset_dir, tmp_path, monkeypatch):
   config = tiny_config(dataset_dir, num_train_steps=6, keep_checkpoints=1)
+  monkeypatch.chdir(dataset_dir.parent)
+  config.data.dir = dataset_dir.name  # Relative: config.json must hold it absolute.
   workdir = tmp_path / "work"
   final = train.train_and_evaluate(config, str(workdir))
   assert set(final) >= {"val/accuracy", "val/auc", "val/nll"}
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["dir"] == str(dataset_dir)
+  assert config.data.dir == dataset_dir.name  # The caller's config is left as it was.
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in lines if "train/loss" in m] == [1, 2, 3, 4, 5, 6]

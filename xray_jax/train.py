@@ -163,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   arrives, and `errors.WorkdirBusyError` if another trainer uses `workdir`.
   """
   config_checks.check_config(config)
+  config = config.copy_and_resolve_references()
+  datasets.make_paths_absolute(config.data)
   workdir = pathlib.Path(workdir)
   with workdir_lock.hold(workdir):
     return _train(config, workdir)

@@ -53,6 +53,19 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Spl
 }
 
 
+# Data config fields that hold local paths, read relative to the working directory.
+_LOCAL_PATHS = ("dir", "npz_path", "tfds_data_dir", "download_dir")
+
+
+def make_paths_absolute(data_config: ml_collections.ConfigDict) -> None:
+  """Rewrites the local paths of `data_config` (URLs and empty fields aside) as absolute
+  ones, so that a saved config finds the data from any working directory."""
+  for key in _LOCAL_PATHS:
+    value = data_config.get(key)
+    if value and "://" not in value:
+      data_config[key] = str(pathlib.Path(value).expanduser().absolute())
+
+
 def data_location(data_config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source and the config fields that say where its images come from, for reports:
   data.dir for folders (and dicom_csv, with its labels CSV), data.npz_path for npz, the
