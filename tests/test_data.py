@@ -18,7 +18,7 @@ def data_config(root, **overrides) -> ml_collections.ConfigDict:
       source="folder", dir=str(root), label_rules="", image_size=16, grayscale=True,
       mean=0.5, std=0.25, dicom_multiframe="first",
       val_fraction=0.25, split_seed=0, group_pattern=r"(person\d+)_", num_workers=0,
-      read_threads=1, prefetch=2, balanced_sampling=False,
+      read_threads=1, prefetch=2, balanced_sampling=False, cache_images=False,
       augment=dict(rotation_degrees=10.0, scale_min=0.9, scale_max=1.1,
                    translate_fraction=0.1, hflip_prob=0.5, brightness=0.1, contrast=0.1,
                    crop_area_min=1.0, gamma=0.0, blur_sigma=0.0, noise_std=0.0)))
@@ -184,6 +184,26 @@ def test_train_pipeline_is_deterministic_and_shuffles(dataset_dir):
   labels = np.concatenate([b["label"] for b in first[:6]])
   assert labels.sum() == 24
   assert not np.array_equal(first[0]["image"], first[6]["image"])
+
+
+def test_cached_images_give_the_same_batches_and_load_once(dataset_dir, monkeypatch):
+  records = folder.load_folder_dataset(dataset_dir).splits["train"]  # 48: 6 batches an epoch.
+  loads = []
+  load = input_pipeline.Preprocess.load
+  monkeypatch.setattr(input_pipeline.Preprocess, "load",
+                      lambda self, record: loads.append(record["path"]) or load(self, record))
+  batches = {}
+  for cache in (True, False):  # (An iterator's prefetching goes on after the last batch.)
+    loads.clear()
+    config = data_config(dataset_dir, cache_images=cache, intensity="clahe")
+    batches[cache] = _take(input_pipeline.create_train_dataset(records, config, 8, seed=0), 18)
+    if cache:  # Three epochs, each image loaded once.
+      assert sorted(loads) == sorted(r["path"] for r in records)
+    else:
+      assert len(loads) >= 18 * 8
+  for a, b in zip(batches[False], batches[True], strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
 
 
 def test_balanced_sampling_evens_out_the_classes(dataset_dir):

@@ -41,10 +41,14 @@ class Preprocess:
                data_config.get("intensity", "none"), data_config.get("clahe_clip_limit", 0.01))
 
   def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
-    image = self.load(record)
+    return self.finish(self.load(record), record["label"], augment_config, rng)
+
+  def finish(self, image: np.ndarray, label: int, augment_config=None,
+             rng=None) -> dict[str, np.ndarray]:
+    """A loaded image (see `load`), augmented if `augment_config` is given, normalized."""
     if augment_config is not None:
       image = augment.augment_image(image, augment_config, rng)
-    return {"image": self.normalize(image), "label": np.int32(record["label"])}
+    return {"image": self.normalize(image), "label": np.int32(label)}
 
   def load(self, record: Record) -> np.ndarray:
     """The record's gray image as float32 [image_size, image_size] in [0, 1], standardized;
@@ -70,13 +74,35 @@ class Preprocess:
     return image.astype(np.float32)
 
 
+@dataclasses.dataclass
+class _Loaded:
+  """A source record's loaded image (`Preprocess.load`: decoded, resized, standardized) and
+  label; with `keep`, each image is loaded once per process and kept in memory, since it is
+  the same every epoch (augmentation comes after)."""
+
+  preprocess: Preprocess
+  keep: bool
+  num_records: int  # grain passes epoch * num_records + the record's position.
+  kept: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __call__(self, index: int, record: Record) -> tuple[np.ndarray, int]:
+    position = index % self.num_records
+    image = self.kept.get(position)
+    if image is None:
+      image = self.preprocess.load(record)
+      if self.keep:
+        self.kept[position] = image
+    return image, record["label"]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Augmented:
   preprocess: Preprocess
   augment_config: ml_collections.ConfigDict
 
-  def __call__(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return self.preprocess(record, self.augment_config, rng)
+  def __call__(self, loaded: tuple[np.ndarray, int],
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return self.preprocess.finish(*loaded, self.augment_config, rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +162,15 @@ def create_train_dataset(
   slices, the rows its devices hold in the global array. Augmentation is seeded by the
   global position, so the batches do not depend on the number of processes or workers.
   With `data.balanced_sampling`, the smaller classes are oversampled to the largest one's
-  count, so each class fills about the same share of every batch.
+  count, so each class fills about the same share of every batch. With `data.cache_images`,
+  each process keeps the images it has loaded (before augmentation) for later epochs.
   """
   records = class_balanced(records, seed) if data_config.balanced_sampling else list(records)
-  ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat()
-  ds = ds.random_map(_Augmented(Preprocess.from_config(data_config), data_config.augment),
-                     seed=seed)
+  preprocess = Preprocess.from_config(data_config)
+  ds = grain.MapDataset.source(records).map_with_index(
+      _Loaded(preprocess, data_config.cache_images, len(records)))
+  ds = ds.shuffle(seed=seed).repeat()
+  ds = ds.random_map(_Augmented(preprocess, data_config.augment), seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
                                           process_count), data_config)
 
