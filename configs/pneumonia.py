@@ -111,8 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_workers = 4  # grain worker processes for decoding; 0 decodes in-process.
   config.data.read_threads = 2  # Threads that assemble batches in the main process.
   config.data.prefetch = 4  # Batches prepared ahead of the train step.
-  # Keep each training image in memory once loaded (decoded, resized, standardized: 4 bytes
-  # a pixel, per process and per grain worker), so later epochs only augment it.
+  # Keep each training image in memory once loaded (decoded, resized, standardized; float16,
+  # 2 bytes a pixel, per process and per grain worker), so later epochs only augment it.
   config.data.cache_images = False
   # Oversample the smaller classes so each fills about the same share of the training batches
   # (an alternative to loss.class_weights=balanced; an epoch still counts the train images).

@@ -78,7 +78,8 @@ class Preprocess:
 class _Loaded:
   """A source record's loaded image (`Preprocess.load`: decoded, resized, standardized) and
   label; with `keep`, each image is loaded once per process and kept in memory, since it is
-  the same every epoch (augmentation comes after)."""
+  the same every epoch (augmentation comes after). Kept images are float16 (half the memory;
+  in [0, 1] that rounds by at most 2.5e-4), from their first epoch on."""
 
   preprocess: Preprocess
   keep: bool
@@ -90,9 +91,10 @@ class _Loaded:
     image = self.kept.get(position)
     if image is None:
       image = self.preprocess.load(record)
-      if self.keep:
-        self.kept[position] = image
-    return image, record["label"]
+      if not self.keep:
+        return image, record["label"]
+      image = self.kept[position] = image.astype(np.float16)
+    return image.astype(np.float32), record["label"]
 
 
 @dataclasses.dataclass(frozen=True)
