@@ -3,7 +3,7 @@ r"""configs/pneumonia.py sized for a 2-core CPU: ResNet-18 at half width, 128x12
   python -m xray_jax.main --config=configs/pneumonia_cpu.py --workdir=/tmp/xray/cpu \
       --config.data.dir=/path/to/chest_xray
 
-Trains 6 epochs in about 10 minutes on 2 cores (see README for measured results). Accepts
+Trains 6 epochs in about 5 minutes on 2 quiet cores (see README for measured results). Accepts
 the same config args as pneumonia.py (`runlocal`, `model=`, `res=`).
 """
 

@@ -2,7 +2,7 @@
 
 From jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK, which ran them at 70-180 GFLOP/s on a
 2-core AVX-512 CPU where XLA's Eigen kernels reached 125-195 (forward and gradients, ResNet
-layer shapes, batch 32): training steps measured 1.3-1.6x faster with convolutions left to
+layer shapes, batch 32): training steps measured 1.2-1.6x faster with convolutions left to
 Eigen. Matmuls and reductions stay with YNNPACK. Only CPU compilations read these flags.
 """
 
