@@ -2,14 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
+from conftest import SMALL_MODELS, assert_same_training, three_train_steps
 from jax import lax
 from jax.test_util import check_grads
 
-from xray_jax import models, optimizers, sharding, train
 from xray_jax.models import conv
 
 
@@ -112,36 +110,7 @@ def test_impl_selection():
     conv.conv_general_dilated("fast")
 
 
-MODEL_FIELDS = {
-    "cnn": dict(widths=(4, 8), dense=(8,), dropout=0.0),
-    "resnet18": dict(width=4, stage_sizes=(1, 1)),  # The stem, a block and a strided block.
-}
-
-
-@pytest.mark.parametrize("name", sorted(MODEL_FIELDS))
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
 def test_train_steps_match_xla(name):
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": rng.normal(size=(4, 20, 20, 1)).astype(np.float32),
-      "label": np.array([0, 1, 1, 0], np.int32)}, mesh)
-  schedule = optax.constant_schedule(1e-2)
-  tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
-      name="adamw", weight_decay=1e-4, grad_clip_norm=0.0)), schedule)
-  results = []
-  for impl in ("xla", "patches"):
-    model = models.create_model(ml_collections.ConfigDict(dict(
-        name=name, dtype="float32", conv_impl=impl, **MODEL_FIELDS[name])), 2)
-    state = train.create_train_state(model, tx, (20, 20, 1), seed=0, mesh=mesh)
-    step = train.make_train_step(mesh, schedule)
-    for _ in range(3):
-      state, metrics = step(state, batch)
-    results.append((jax.device_get((state.params, state.batch_stats)),
-                    float(metrics["grad_norm"])))
-  (xla_vars, xla_norm), (patches_vars, patches_norm) = results
-  assert xla_norm > 0
-  np.testing.assert_allclose(patches_norm, xla_norm, rtol=1e-4)
-  assert jax.tree.structure(patches_vars) == jax.tree.structure(xla_vars)
-  for ours, theirs in zip(jax.tree.leaves(patches_vars), jax.tree.leaves(xla_vars),
-                          strict=True):
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+  assert_same_training(three_train_steps(name, conv_impl="patches"),
+                       three_train_steps(name, conv_impl="xla"), rtol=1e-4, atol=1e-5)

@@ -3,13 +3,11 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
+from conftest import SMALL_MODELS, assert_same_training, three_train_steps
 from jax import lax
 
-from xray_jax import models, optimizers, sharding, train
 from xray_jax.models import pooling
 
 CASES = [  # input shape, window, strides, padding
@@ -73,35 +71,8 @@ def test_string_padding_matches_explicit_pads():
                                 pooling.max_pool(x, (3, 3), (2, 2), pads))
 
 
-MODEL_FIELDS = {
-    "cnn": dict(widths=(4, 8), dense=(8,), dropout=0.0),
-    "resnet18": dict(width=4, stage_sizes=(1, 1)),  # The stem's pool.
-}
-
-
-@pytest.mark.parametrize("name", sorted(MODEL_FIELDS))
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
 def test_train_steps_match_xla_pooling(name, monkeypatch):
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": rng.normal(size=(4, 20, 20, 1)).astype(np.float32),
-      "label": np.array([0, 1, 1, 0], np.int32)}, mesh)
-  schedule = optax.constant_schedule(1e-2)
-  tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
-      name="adamw", weight_decay=1e-4, grad_clip_norm=0.0)), schedule)
-  model = models.create_model(ml_collections.ConfigDict(dict(
-      name=name, dtype="float32", **MODEL_FIELDS[name])), 2)
-  results = []
-  for pool in (pooling.max_pool, nn.max_pool):
-    monkeypatch.setattr(pooling, "max_pool", pool)
-    state = train.create_train_state(model, tx, (20, 20, 1), seed=0, mesh=mesh)
-    step = train.make_train_step(mesh, schedule)
-    for _ in range(3):
-      state, metrics = step(state, batch)
-    results.append((jax.device_get((state.params, state.batch_stats)),
-                    float(metrics["grad_norm"])))
-  (ours, ours_norm), (xla, xla_norm) = results
-  assert xla_norm > 0
-  np.testing.assert_allclose(ours_norm, xla_norm, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  ours = three_train_steps(name)
+  monkeypatch.setattr(pooling, "max_pool", nn.max_pool)
+  assert_same_training(ours, three_train_steps(name), rtol=1e-5, atol=1e-6)
