@@ -12,17 +12,12 @@ platforms keep XLA's gradient.
 import functools
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 Pairs = tuple[tuple[int, int], ...]
-
-
-def _reduce_max(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-                pads: Pairs) -> jax.Array:
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
-                           ((0, 0), *pads, (0, 0)))
 
 
 def tap_gradient(x: jax.Array, dy: jax.Array, window: tuple[int, int],
@@ -58,17 +53,17 @@ def tap_gradient(x: jax.Array, dy: jax.Array, window: tuple[int, int],
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
               pads: Pairs) -> jax.Array:
-  return _reduce_max(x, window, strides, pads)
+  return nn.max_pool(x, window, strides, pads)
 
 
 def _max_pool_fwd(x, window, strides, pads):
-  return _reduce_max(x, window, strides, pads), x
+  return nn.max_pool(x, window, strides, pads), x
 
 
 def _max_pool_bwd(window, strides, pads, x, dy):
 
   def xla_gradient(x, dy):
-    _, vjp = jax.vjp(lambda x: _reduce_max(x, window, strides, pads), x)
+    _, vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides, pads), x)
     return vjp(dy)[0]
 
   def cpu_gradient(x, dy):
