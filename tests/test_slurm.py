@@ -94,10 +94,16 @@ def test_scancel_term_checkpoints_requeues_and_resumes_exactly(slurm, slurm_run,
   assert 5 <= step < 200
 
   # SLURM holds a requeued job back for a couple of minutes; let it start now.
+  # The controller may list the job as FAILED for a moment while it requeues it (seen twice
+  # in about ten runs on a loaded machine): only a state that lasts 15 s counts.
   deadline = time.monotonic() + 300
+  unexpected_since = None
   while (state := slurm.job_state(job)) != "COMPLETED":
-    assert state in ("REQUEUED", "PENDING", "RUNNING", "COMPLETING"), (
-        state + _job_output(workdir, job))
+    if state in ("REQUEUED", "PENDING", "RUNNING", "COMPLETING"):
+      unexpected_since = None
+    else:
+      unexpected_since = unexpected_since or time.monotonic()
+      assert time.monotonic() - unexpected_since < 15, state + _job_output(workdir, job)
     assert time.monotonic() < deadline, _job_output(workdir, job)
     if state == "PENDING":
       slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
