@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import input_pipeline, models, optimizers, sharding, train
+from xray_jax import huge_pages, input_pipeline, models, optimizers, sharding, train
 from xray_jax.data import folder
 
 FLAGS = flags.FLAGS
@@ -245,6 +245,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
   del argv
+  huge_pages.restart_with_huge_pages()  # Timed as `xray_jax.main` trains; PyTorch inherits it.
   config = FLAGS.config
   torch_reference = None
   if FLAGS.compare_torch:

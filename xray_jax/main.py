@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xray_jax import cli, config_help, errors, logs, preemption, train
+from xray_jax import cli, config_help, errors, huge_pages, logs, preemption, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
@@ -63,6 +63,7 @@ def main(argv: list[str]) -> None:
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
+  huge_pages.restart_with_huge_pages()
   logs.quiet_library_logs()
   _initialize_distributed()
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(),
