@@ -1,6 +1,7 @@
 """The benchmark suite on a tiny config, and its PyTorch-reference subprocess with fake
 scripts."""
 
+import ctypes
 import functools
 import json
 import sys
@@ -44,6 +45,8 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
               "gflop_per_step", "achieved_gflops", "matmul_peak_gflops"):
     assert results[key] > 0, key
   assert 0 < results["fraction_of_matmul_peak"] < 5
+  assert 0 <= results["train_system_cpu_s_per_step"] <= results["train_cpu_s_per_step"]
+  assert results["train_page_faults_per_step"] >= 0
   assert results["peak_rss_mib"] > 50
   assert results["mfu_bf16"] is None and results["peak_device_memory_mib"] is None
   assert results["torch_train_images_per_s_rounds"] == [64.0, 64.0]
@@ -75,3 +78,17 @@ def test_missing_reference_script_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="--torch_script=.*nowhere.py"):
     benchmark.run_torch_reference(str(tmp_path / "nowhere.py"), sys.executable, "cnn", 64, 8,
                                   2, 1)
+
+
+def test_process_usage_counts_the_page_faults_of_fresh_memory():
+  libc = ctypes.CDLL(None)
+  libc.malloc.restype = ctypes.c_void_p
+  libc.free.argtypes = [ctypes.c_void_p]
+  before = benchmark.process_usage()
+  size = 2**28  # Above the largest heap top glibc keeps: served by a fresh mmap.
+  buffer = libc.malloc(size)
+  ctypes.memset(buffer, 1, size)
+  cpu_s, system_s, page_faults = benchmark.process_usage() - before
+  libc.free(buffer)
+  assert page_faults >= size / 2**21, (page_faults, cpu_s)  # One per page, 2 MiB or less.
+  assert 0 <= system_s <= cpu_s

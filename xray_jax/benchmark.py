@@ -56,11 +56,12 @@ BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
                     "TPU v4": 275.0, "TPU v5e": 197.0, "TPU v5p": 459.0}
 
 
-def cpu_seconds() -> float:
-  """User + system CPU time of this process so far: on a shared machine it grows with the
-  work done, where wall time also grows with the other processes' load."""
+def process_usage() -> np.ndarray:
+  """[user + system CPU seconds, system CPU seconds, minor page faults] of this process so
+  far. On a shared machine CPU time grows with the work done, where wall time also grows
+  with the other processes' load; system time and page faults show memory mapped afresh."""
   usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+  return np.array([usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_minflt])
 
 
 def peak_rss_mib() -> float:
@@ -191,12 +192,12 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   bench = StepBenchmark(config, num_classes)
   bench.run(warmup)
   per_round, torch_per_round = [], []
-  start_cpu = cpu_seconds()
+  start_usage = process_usage()
   for _ in range(rounds):
     per_round.append(bench.batch_size * steps / sum(bench.run(steps)))
     if torch_reference is not None:
       torch_per_round.append(torch_reference()["train_img_per_s"])
-  cpu_per_step = (cpu_seconds() - start_cpu) / (rounds * steps)
+  cpu_s, system_s, page_faults = (process_usage() - start_usage) / (rounds * steps)
   train_images_per_s = float(np.median(per_round))
   results: dict[str, Any] = {
       "model": config.model.name, "image_size": config.data.image_size,
@@ -205,7 +206,8 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
       "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "devices": jax.device_count(), "compile_s": bench.compile_s,
       "train_images_per_s": train_images_per_s, "train_images_per_s_rounds": per_round,
-      "train_cpu_s_per_step": cpu_per_step,
+      "train_cpu_s_per_step": float(cpu_s), "train_system_cpu_s_per_step": float(system_s),
+      "train_page_faults_per_step": float(page_faults),
       "eval_images_per_s": bench.eval_images_per_s(eval_steps),
       "peak_rss_mib": peak_rss_mib(), "peak_device_memory_mib": peak_device_memory_mib(),
   }
