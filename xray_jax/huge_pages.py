@@ -3,9 +3,10 @@
 XLA:CPU allocates each execution's temporary buffer (169 MB for the train step of
 configs/pneumonia_cpu.py) and its large outputs with malloc. glibc serves allocations that
 large with a fresh mmap and unmaps them when they are freed, so every train step faults its
-whole working set in again, 4 KiB at a time: 43,000 minor page faults per step there, about
-15% of the step on a 2-core CPU. With the tunable `glibc.malloc.hugetlb=1` (glibc 2.35 and
-later), malloc asks for transparent huge pages, and the same step faults about 370 times.
+whole working set in again, 4 KiB at a time: 43,000 minor page faults and about 90 ms of
+system time per step there, on a 2-core CPU. With the tunable `glibc.malloc.hugetlb=1` (glibc
+2.35 and later), malloc asks for transparent huge pages, and the same step faults 400-900
+times (README, Speed).
 
 glibc reads tunables only when a process starts, so the training and benchmark binaries call
 `restart_with_huge_pages` first: it re-executes the same command, in the same process, with
