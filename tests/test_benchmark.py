@@ -42,6 +42,7 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   assert results["train_images_per_s"] == pytest.approx(
       np.median(results["train_images_per_s_rounds"]))
   for key in ("train_cpu_s_per_step", "eval_images_per_s", "input_images_per_s",
+              "input_first_batch_s",
               "gflop_per_step", "achieved_gflops", "matmul_peak_gflops"):
     assert results[key] > 0, key
   assert 0 < results["fraction_of_matmul_peak"] < 5

@@ -1,5 +1,6 @@
 r"""Measures a config's speed: compilation, train and eval images/s, the input pipeline, memory,
-and achieved GFLOP/s against a matmul peak measured in the same process.
+and achieved GFLOP/s (of matmuls and convolutions: `model_flops`) against a matmul peak
+measured in the same process, and on known accelerators the MFU.
 
   python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
       --config.training.global_batch_size=32 --steps=20 --json=/tmp/bench.json
@@ -29,7 +30,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import huge_pages, input_pipeline, models, optimizers, sharding, train
+from xray_jax import (
+    huge_pages,
+    input_pipeline,
+    model_flops,
+    models,
+    optimizers,
+    sharding,
+    train,
+)
 from xray_jax.data import folder
 
 FLAGS = flags.FLAGS
@@ -41,7 +50,8 @@ flags.DEFINE_integer("rounds", 1, "Rounds of timed train steps (alternating with
 flags.DEFINE_integer("num_classes", 2, "Classes of the model's output.")
 flags.DEFINE_string("data_dir", "", "Folder dataset (ROOT/train/CLASS/*) to time the input "
                     "pipeline on; empty: skip it.")
-flags.DEFINE_integer("input_batches", 20, "Batches read from the input pipeline.")
+flags.DEFINE_integer("input_batches", 20, "Timed batches of the input pipeline, read after "
+                     "those its workers buffered.")
 flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
 flags.DEFINE_bool("compare_torch", False, "Run the PyTorch reference in a subprocess after "
                   "each round with the same model, input size and batch; report the ratio.")
@@ -76,10 +86,13 @@ def peak_device_memory_mib() -> float | None:
   return None if peak is None else peak / 2**20
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-  """GFLOP/s of the best of `repeats` square matmuls (bfloat16 on accelerators)."""
-  dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  a = jnp.ones((size, size), dtype)
+def matmul_peak_gflops(size: int | None = None, repeats: int = 5) -> float:
+  """GFLOP/s of the best of `repeats` square matmuls of random numbers: float32 and 2048 wide
+  on the CPU, bfloat16 and 8192 wide on accelerators (smaller ones leave a GPU idle)."""
+  on_cpu = jax.default_backend() == "cpu"
+  size = size or (2048 if on_cpu else 8192)
+  dtype = jnp.float32 if on_cpu else jnp.bfloat16
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   matmul = jax.jit(lambda a: a @ a)
   best = min(_timed(lambda: matmul(a)) for _ in range(repeats + 1))
   return 2 * size**3 / best / 1e9
@@ -94,13 +107,6 @@ def _timed(fn: Callable[[], Any]) -> float:
   start = time.perf_counter()
   jax.block_until_ready(fn())
   return time.perf_counter() - start
-
-
-def _flops(compiled) -> float | None:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0] if analysis else {}
-  return (analysis or {}).get("flops")
 
 
 def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int):
@@ -123,10 +129,11 @@ class StepBenchmark:
         self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
     self.batch = sharding.to_global_batch(
         _random_batch(config, self.batch_size, num_classes), mesh)
+    step = train.make_train_step(mesh, schedule)
     start = time.perf_counter()
-    self.step = train.make_train_step(mesh, schedule).lower(self.state, self.batch).compile()
+    self.step = step.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
-    self.flops_per_step = _flops(self.step)
+    self.flops_per_step = model_flops.model_flops(step, self.state, self.batch)
 
   def run(self, steps: int) -> list[float]:
     """Runs `steps` train steps; returns each one's seconds."""
@@ -148,18 +155,25 @@ class StepBenchmark:
     return batches * self.batch_size / seconds
 
 
-def input_images_per_s(config: ml_collections.ConfigDict, data_dir: str, batches: int) -> float:
-  """Images/s of the training pipeline (decode, resize, augment, batch) over the train split
-  of a folder dataset, after its first batch."""
+def input_pipeline_speed(config: ml_collections.ConfigDict, data_dir: str,
+                         batches: int) -> tuple[float, float]:
+  """The training pipeline (decode, resize, standardize, augment, batch) over the train split
+  of a folder dataset: seconds to its first batch (worker start-up, and the image cache with
+  `data.cache_images`), and images/s in steady state. The batches that workers buffered while
+  the first one was made are read before the clock starts, so they do not inflate the rate."""
   records = folder.load_folder_dataset(data_dir).splits["train"]
   batch_size = config.training.global_batch_size
+  start = time.perf_counter()
   iterator = iter(input_pipeline.create_train_dataset(records, config.data, batch_size,
                                                       config.seed))
   next(iterator)
+  first_batch_s = time.perf_counter() - start
+  for _ in range(max(1, config.data.num_workers) * (config.data.prefetch + 1)):
+    next(iterator)
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
-  return batches * batch_size / (time.perf_counter() - start)
+  return first_batch_s, batches * batch_size / (time.perf_counter() - start)
 
 
 def run_torch_reference(script: str, python: str, model: str, size: int, batch: int,
@@ -212,19 +226,17 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
       "peak_rss_mib": peak_rss_mib(), "peak_device_memory_mib": peak_device_memory_mib(),
   }
   step_s = bench.batch_size / train_images_per_s
-  results["gflop_per_step"] = (None if bench.flops_per_step is None
-                               else bench.flops_per_step / 1e9)
-  results["achieved_gflops"] = (None if bench.flops_per_step is None
-                                else bench.flops_per_step / step_s / 1e9)
+  results["gflop_per_step"] = bench.flops_per_step / 1e9
+  results["achieved_gflops"] = bench.flops_per_step / step_s / 1e9
+  # Peaks are per device; the steps' FLOPs, summed over the devices.
   results["matmul_peak_gflops"] = matmul_peak_gflops()
-  results["fraction_of_matmul_peak"] = (None if results["achieved_gflops"] is None
-                                        else results["achieved_gflops"]
-                                        / results["matmul_peak_gflops"])
+  results["fraction_of_matmul_peak"] = (
+      results["achieved_gflops"] / (results["matmul_peak_gflops"] * jax.device_count()))
   peak = bf16_peak_tflops()
-  results["mfu_bf16"] = (None if peak is None or results["achieved_gflops"] is None
-                         else results["achieved_gflops"] / (peak * 1e3))
-  results["input_images_per_s"] = (input_images_per_s(config, data_dir, input_batches)
-                                   if data_dir else None)
+  results["mfu_bf16"] = (None if peak is None
+                         else results["achieved_gflops"] / (peak * 1e3 * jax.device_count()))
+  results["input_first_batch_s"], results["input_images_per_s"] = (
+      input_pipeline_speed(config, data_dir, input_batches) if data_dir else (None, None))
   if torch_per_round:
     ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
     results.update(torch_train_images_per_s_rounds=torch_per_round,
