@@ -1,5 +1,6 @@
 """Checks a resolved config before anything is built, naming the offending key."""
 
+import pathlib
 import re
 
 import ml_collections
@@ -56,6 +57,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if data.source in ("tfds", "auto"):
     _require(data.tfds_name.split("/")[0] in tfds_builders.BUILDERS, "data.tfds_name",
              data.tfds_name, f"one of {', '.join(tfds_builders.BUILDERS)} (NAME/CONFIG)")
+  cache_dir = data.get("cache_dir", "")
+  _require(not cache_dir or pathlib.Path(cache_dir).is_dir(), "data.cache_dir", cache_dir,
+           "empty (the system's temporary folder) or an existing folder")
   for key in ("num_workers", "read_threads", "prefetch"):
     _require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
              "a non-negative integer" if key == "num_workers" else "a positive integer")

@@ -1,0 +1,79 @@
+"""Training images loaded once, up front, into one file that every grain worker maps.
+
+Decoding and per-image standardization (CLAHE above all) cost far more than augmentation, and
+give the same result every epoch. `ImageCache.build` runs them once per image, in parallel
+over the pipeline's worker processes, and writes the results as float16 rows of a `.npy` file
+in a temporary folder. Workers map that file read-only, so the operating system holds one
+copy for the whole process tree, where a cache inside each worker would hold one per worker
+and fill only as each worker happened to meet each image.
+"""
+
+import pathlib
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+import grain
+import numpy as np
+from absl import logging
+
+from xray_jax.data.records import Record
+
+DTYPE = np.float16  # Images in [0, 1]: rounding moves a pixel by at most 2.5e-4.
+
+
+class _LoadOne:
+  """One record's loaded image as float16 (a picklable callable for grain's workers)."""
+
+  def __init__(self, load: Callable[[Record], np.ndarray]):
+    self.load = load
+
+  def __call__(self, record: Record) -> np.ndarray:
+    return self.load(record).astype(DTYPE)
+
+
+class ImageCache:
+  """Row i holds `load(records[i])`. Pickles as its file's path; each process maps the file
+  on first use. The process that built it deletes the file when its copy is collected, or
+  at exit."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self._rows: np.ndarray | None = None
+
+  @classmethod
+  def build(cls, records: Sequence[Record], load: Callable[[Record], np.ndarray],
+            image_shape: tuple[int, ...], num_workers: int, read_threads: int,
+            directory: str | None = None) -> "ImageCache":
+    """Loads every record with `load` (decode, resize, standardize: an `image_shape` array),
+    over `num_workers` worker processes when > 0, into a new file under `directory` (the
+    system's temporary folder when None)."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
+    cache = cls(folder / "images.npy")
+    weakref.finalize(cache, shutil.rmtree, folder, True)
+    start = time.perf_counter()
+    ds = grain.MapDataset.source(records).map(_LoadOne(load)).to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
+    if num_workers > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, (len(records), *image_shape))
+    for i, image in enumerate(ds):
+      rows[i] = image
+    rows.flush()
+    logging.info("Loaded %d training images into %s (%.0f MB) in %.1f s", len(records),
+                 cache.path, rows.nbytes / 1e6, time.perf_counter() - start)
+    del rows
+    return cache
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    if self._rows is None:
+      self._rows = np.load(self.path, mmap_mode="r")
+    return self._rows[index]
+
+  def __getstate__(self) -> dict:
+    return {"path": self.path}
+
+  def __setstate__(self, state: dict) -> None:
+    self.path, self._rows = state["path"], None
