@@ -23,7 +23,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.model.startswith("resnet"):
     config.model.width = 32  # XLA:CPU filter gradients are slow: half width is 4x cheaper.
   config.data.num_workers = 0  # Decoding in threads of the main process: 2 cores only.
-  config.data.cache_images = True  # CLAHE once per image, not once per epoch: 150 MB.
   config.training.global_batch_size = 32
   config.training.num_epochs = 6.0
   config.optimizer.warmup_epochs = 0.5
