@@ -46,6 +46,8 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
               "gflop_per_step", "achieved_gflops", "matmul_peak_gflops"):
     assert results[key] > 0, key
   assert 0 < results["fraction_of_matmul_peak"] < 5
+  assert results["input_over_train"] == pytest.approx(
+      results["input_images_per_s"] / results["train_images_per_s"])
   assert 0 <= results["train_system_cpu_s_per_step"] <= results["train_cpu_s_per_step"]
   assert results["train_page_faults_per_step"] >= 0
   assert results["peak_rss_mib"] > 50

@@ -237,6 +237,9 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
                          else results["achieved_gflops"] / (peak * 1e3 * jax.device_count()))
   results["input_first_batch_s"], results["input_images_per_s"] = (
       input_pipeline_speed(config, data_dir, input_batches) if data_dir else (None, None))
+  # Above 1 the pipeline outruns the steps; 2 leaves room for a busy host.
+  results["input_over_train"] = (None if results["input_images_per_s"] is None
+                                 else results["input_images_per_s"] / train_images_per_s)
   if torch_per_round:
     ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
     results.update(torch_train_images_per_s_rounds=torch_per_round,
