@@ -129,11 +129,11 @@ class StepBenchmark:
         self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
     self.batch = sharding.to_global_batch(
         _random_batch(config, self.batch_size, num_classes), mesh)
-    step = train.make_train_step(mesh, schedule)
     start = time.perf_counter()
-    self.step = step.lower(self.state, self.batch).compile()
+    traced = train.make_train_step(mesh, schedule).trace(self.state, self.batch)
+    self.step = traced.lower().compile()
     self.compile_s = time.perf_counter() - start
-    self.flops_per_step = model_flops.model_flops(step, self.state, self.batch)
+    self.flops_per_step = model_flops.jaxpr_flops(traced.jaxpr.jaxpr)
 
   def run(self, steps: int) -> list[float]:
     """Runs `steps` train steps; returns each one's seconds."""
