@@ -33,7 +33,8 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
       16, 8, 3, 2)
   results = benchmark.benchmark(config, steps=3, warmup=1, eval_steps=2, rounds=2,
                                 data_dir=str(dataset_dir), input_batches=2,
-                                torch_reference=reference)
+                                profile_dir=str(tmp_path / "profile"), profile_steps=2,
+                                profile_top=3, torch_reference=reference)
   json.loads(json.dumps(results))
   assert results["model"] == "cnn" and results["batch_size"] == 8
   assert results["platform"] == "cpu" and results["conv_impl"] == "xla"
@@ -54,6 +55,12 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   assert results["mfu_bf16"] is None and results["peak_device_memory_mib"] is None
   assert results["torch_train_images_per_s_rounds"] == [64.0, 64.0]
   assert results["ratio_to_torch"] == pytest.approx(results["train_images_per_s"] / 64.0)
+  assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert 0 < results["profile_traced_fraction"] < 5
+  by_kind, top = results["profile_ms_by_kind"], results["profile_top_ms"]
+  assert len(by_kind) == 4 and list(by_kind)[-1] == "others"  # 3 kinds, then the rest.
+  assert len(top) == 3 and list(top.values()) == sorted(top.values(), reverse=True)
+  assert max(top.values()) <= max(by_kind.values()) and min(by_kind.values()) >= 0
   table = benchmark.format_table(results)
   assert "ratio_to_torch" in table and "input_images_per_s" in table
 

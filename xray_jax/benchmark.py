@@ -9,6 +9,8 @@ measured in the same process, and on known accelerators the MFU.
   # side by side with the plain-PyTorch reference, alternating, 3 rounds (pip install .[bench])
   python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
       --config.training.global_batch_size=32 --compare_torch --rounds=3
+  # where the step's time goes: a profiler trace, summed per HLO instruction and kind
+  python -m xray_jax.benchmark --config=configs/pneumonia.py --profile_dir=/tmp/profile
 
 Train and eval steps run on random data; `--data_dir` times the grain pipeline on its own.
 """
@@ -37,6 +39,7 @@ from xray_jax import (
     models,
     optimizers,
     sharding,
+    step_profile,
     train,
 )
 from xray_jax.data import folder
@@ -59,6 +62,11 @@ flags.DEFINE_string("torch_script", "../shared/peers/torch_baseline/train.py",
                     "The PyTorch reference script (its `speed` command prints RESULT {json}).")
 flags.DEFINE_integer("torch_threads", os.cpu_count() or 1, "--threads of the reference.")
 flags.DEFINE_string("torch_python", sys.executable, "Python that has torch installed.")
+flags.DEFINE_string("profile_dir", "", "Trace `profile_steps` train steps with jax.profiler "
+                    "into this folder and report their time per HLO instruction; empty: skip.")
+flags.DEFINE_integer("profile_steps", 3, "Train steps in the profiler trace.")
+flags.DEFINE_integer("profile_top", 10, "Costliest kinds of HLO instruction, and costliest "
+                     "instructions, to report.")
 
 TORCH_MODELS = ("cnn", "resnet18")  # The models the reference script defines.
 # Dense bfloat16 peak TFLOP/s per chip, for MFU; chips not listed get none.
@@ -145,6 +153,11 @@ class StepBenchmark:
       times.append(time.perf_counter() - start)
     return times
 
+  def profile(self, steps: int, log_dir: str) -> list[step_profile.OpTime]:
+    """The step's HLO instructions, each with its seconds per step in a profiler trace of
+    `steps` steps written under `log_dir`."""
+    return step_profile.profile(lambda: self.run(1), self.step.as_text(), steps, log_dir)
+
   def eval_images_per_s(self, batches: int) -> float:
     """Inference (train=False) throughput on the same batch, after one untimed call."""
     variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
@@ -200,7 +213,8 @@ def run_torch_reference(script: str, python: str, model: str, size: int, batch: 
 
 def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
               eval_steps: int = 10, rounds: int = 1, num_classes: int = 2, data_dir: str = "",
-              input_batches: int = 20,
+              input_batches: int = 20, profile_dir: str = "", profile_steps: int = 3,
+              profile_top: int = 10,
               torch_reference: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
   """Measures `config` and returns the results as a flat record (plus per-round lists)."""
   bench = StepBenchmark(config, num_classes)
@@ -240,12 +254,29 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   # Above 1 the pipeline outruns the steps; 2 leaves room for a busy host.
   results["input_over_train"] = (None if results["input_images_per_s"] is None
                                  else results["input_images_per_s"] / train_images_per_s)
+  if profile_dir:
+    results.update(_profile_results(bench.profile(profile_steps, profile_dir), step_s,
+                                    profile_top))
   if torch_per_round:
     ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
     results.update(torch_train_images_per_s_rounds=torch_per_round,
                    torch_train_images_per_s=float(np.median(torch_per_round)),
                    ratio_to_torch_rounds=ratios, ratio_to_torch=float(np.median(ratios)))
   return results
+
+
+def _profile_results(ops: list[step_profile.OpTime], step_s: float,
+                     top: int) -> dict[str, Any]:
+  """The profile's milliseconds per step (on the average device) for the `top` costliest
+  kinds of instruction and instructions, and the share of the timed step that the traced
+  instructions account for: below 1 where work runs outside them (XLA:CPU's convolutions,
+  timed at their launch only) or devices idle."""
+  return {
+      "profile_traced_fraction": sum(op.seconds for op in ops) / step_s,
+      "profile_ms_by_kind": {kind: seconds * 1e3
+                             for kind, seconds in step_profile.seconds_by_kind(ops, top).items()},
+      "profile_top_ms": {op.name: op.seconds * 1e3 for op in ops[:top]},
+  }
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -255,6 +286,8 @@ def format_table(results: dict[str, Any]) -> str:
       return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
     if isinstance(value, list):
       return ", ".join(show(v) for v in value)
+    if isinstance(value, dict):
+      return "; ".join(f"{k} {show(v)}" for k, v in value.items())
     return "-" if value is None else str(value)
   width = max(map(len, results))
   return "\n".join(f"{key:<{width}}  {show(value)}" for key, value in results.items())
@@ -272,7 +305,9 @@ def main(argv: list[str]) -> None:
   results = benchmark(config, steps=FLAGS.steps, warmup=FLAGS.warmup,
                       eval_steps=FLAGS.eval_steps, rounds=FLAGS.rounds,
                       num_classes=FLAGS.num_classes, data_dir=FLAGS.data_dir,
-                      input_batches=FLAGS.input_batches, torch_reference=torch_reference)
+                      input_batches=FLAGS.input_batches, profile_dir=FLAGS.profile_dir,
+                      profile_steps=FLAGS.profile_steps, profile_top=FLAGS.profile_top,
+                      torch_reference=torch_reference)
   print(format_table(results))
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(results, indent=2))
