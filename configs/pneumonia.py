@@ -120,6 +120,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Oversample the smaller classes so each fills about the same share of the training batches
   # (an alternative to loss.class_weights=balanced; an epoch still counts the train images).
   config.data.balanced_sampling = False
+  # Where the train augmentation runs: host (grain workers, PIL) or device (inside the jitted
+  # train step, one bilinear resampling per image; the workers then only read and batch, and
+  # an accelerator does the rest at little cost). Same transforms and ranges, other draws.
+  config.data.augment_on = "host"
   config.data.augment = ml_collections.ConfigDict()  # Train split only.
   config.data.augment.rotation_degrees = 10.0  # Uniform rotation in [-r, r] degrees.
   config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];

@@ -56,6 +56,7 @@ def test_parse_arg_types_and_errors():
     ("data.group_pattern", "(person", "data.group_pattern"),
     ("model.conv_impl", "fast", "model.conv_impl='fast'"),
     ("data.cache_dir", "/nonexistent/cache", "data.cache_dir='/nonexistent/cache'"),
+    ("data.augment_on", "gpu", "data.augment_on='gpu': expected host or device"),
 ])
 def test_check_config_names_the_bad_key(key, value, message):
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)

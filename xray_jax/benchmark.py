@@ -33,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from xray_jax import (
+    device_augment,
     huge_pages,
     input_pipeline,
     model_flops,
@@ -138,7 +139,9 @@ class StepBenchmark:
     self.batch = sharding.to_global_batch(
         _random_batch(config, self.batch_size, num_classes), mesh)
     start = time.perf_counter()
-    traced = train.make_train_step(mesh, schedule).trace(self.state, self.batch)
+    step = train.make_train_step(mesh, schedule,
+                                 augment=device_augment.step_augment(config.data))
+    traced = step.trace(self.state, self.batch)
     self.step = traced.lower().compile()
     self.compile_s = time.perf_counter() - start
     self.flops_per_step = model_flops.jaxpr_flops(traced.jaxpr.jaxpr)

@@ -9,6 +9,8 @@ from xray_jax import errors, metrics, tta
 from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
 from xray_jax.models import conv, resnet
 
+AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
+
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
   if not ok:
@@ -63,6 +65,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("num_workers", "read_threads", "prefetch"):
     _require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
              "a non-negative integer" if key == "num_workers" else "a positive integer")
+  augment_on = data.get("augment_on", "host")
+  _require(augment_on in AUGMENT_ON, "data.augment_on", augment_on, " or ".join(AUGMENT_ON))
   _require(aug.rotation_degrees >= 0, "data.augment.rotation_degrees", aug.rotation_degrees,
            ">= 0")
   _require(0 < aug.scale_min <= aug.scale_max, "data.augment.scale_min", aug.scale_min,

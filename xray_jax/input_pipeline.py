@@ -92,8 +92,10 @@ class _Loaded:
 
 @dataclasses.dataclass(frozen=True)
 class _Augmented:
+  """A loaded image augmented (unless `augment_config` is None) and normalized."""
+
   preprocess: Preprocess
-  augment_config: ml_collections.ConfigDict
+  augment_config: ml_collections.ConfigDict | None
 
   def __call__(self, loaded: tuple[np.ndarray, int],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -170,7 +172,9 @@ def create_train_dataset(
         data_config.read_threads, data_config.get("cache_dir") or None)
   ds = grain.MapDataset.source(records).map_with_index(_Loaded(preprocess, cache, len(records)))
   ds = ds.shuffle(seed=seed).repeat()
-  ds = ds.random_map(_Augmented(preprocess, data_config.augment), seed=seed)
+  on_host = data_config.get("augment_on", "host") == "host"
+  ds = ds.random_map(_Augmented(preprocess, data_config.augment if on_host else None),
+                     seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
                                           process_count), data_config)
 

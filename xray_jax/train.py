@@ -5,6 +5,7 @@ import functools
 import json
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from jax.experimental import multihost_utils
 from xray_jax import (
   checkpointing,
   config_checks,
+  device_augment,
   errors,
   files,
   inference,
@@ -34,6 +36,8 @@ from xray_jax import (
 )
 from xray_jax import progress as training_progress
 from xray_jax.data import datasets, image_check
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> augmented images.
 
 
 class TrainState(train_state.TrainState):
@@ -66,15 +70,18 @@ def create_train_state(
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
     label_smoothing: float, class_weights: np.ndarray | None, ema_decay: float = 0.0,
-    mixup_alpha: float = 0.0,
+    mixup_alpha: float = 0.0, augment: Augment | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and batch metrics.
 
-  With `mixup_alpha` > 0, each image is blended with its mirror in the batch (the last
+  `augment` (images, key) -> images, if given, augments the batch first, with a key of this
+  step. With `mixup_alpha` > 0, each image is blended with its mirror in the batch (the last
   with the first, ...) by one weight drawn from Beta(alpha, alpha), and so is the loss.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   images, mix = batch["image"], 1.0
+  if augment is not None:
+    images = augment(images, jax.random.fold_in(dropout_rng, 2))
   if mixup_alpha > 0:
     mix = jax.random.beta(jax.random.fold_in(dropout_rng, 1), mixup_alpha, mixup_alpha)
     images = mix * images + (1.0 - mix) * images[::-1]
@@ -120,13 +127,14 @@ def inference_variables(state: TrainState) -> dict[str, Any]:
 def make_train_step(
     mesh: jax.sharding.Mesh, schedule: optax.Schedule, label_smoothing: float = 0.0,
     class_weights: np.ndarray | None = None, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
+    augment: Augment | None = None,
 ):
   """`train_step` compiled for `mesh`: state replicated and donated, batch sharded."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
       functools.partial(train_step, schedule=schedule, label_smoothing=label_smoothing,
                         class_weights=class_weights, ema_decay=ema_decay,
-                        mixup_alpha=mixup_alpha),
+                        mixup_alpha=mixup_alpha, augment=augment),
       in_shardings=(replicated, sharding.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -216,7 +224,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   class_weights = losses.resolve_class_weights(
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
-                                 training.ema_decay, config.loss.mixup_alpha)
+                                 training.ema_decay, config.loss.mixup_alpha,
+                                 device_augment.step_augment(config.data))
   evaluator = inference.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
   prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
   start_step = int(state.step)
