@@ -101,11 +101,16 @@ def augment_image(image: jax.Array, key: jax.Array,
   return image
 
 
+def on_device(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether the train step augments (`data.augment_on`; runs saved before it: the host)."""
+  return data_config.get("augment_on", "host") == "device"
+
+
 def step_augment(data_config: ml_collections.ConfigDict
                  ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
   """The train step's augmentation, (images, key) -> images: `augment_batch` when
   `data.augment_on` is device, else none (the input pipeline augments)."""
-  if data_config.get("augment_on", "host") != "device":
+  if not on_device(data_config):
     return None
   return functools.partial(augment_batch, data_config=data_config)
 

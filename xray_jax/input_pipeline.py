@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from xray_jax import image_cache
+from xray_jax import device_augment, image_cache
 from xray_jax.data import augment, images, intensity, shifts
 from xray_jax.data.records import Record
 
@@ -172,7 +172,7 @@ def create_train_dataset(
         data_config.read_threads, data_config.get("cache_dir") or None)
   ds = grain.MapDataset.source(records).map_with_index(_Loaded(preprocess, cache, len(records)))
   ds = ds.shuffle(seed=seed).repeat()
-  on_host = data_config.get("augment_on", "host") == "host"
+  on_host = not device_augment.on_device(data_config)
   ds = ds.random_map(_Augmented(preprocess, data_config.augment if on_host else None),
                      seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
