@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import benchmark
+from xray_jax.speed import suite
 
 FAKE_REFERENCE = """import json, sys
 print("some log line")
@@ -29,9 +29,9 @@ def _script(tmp_path, text: str):
 def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   config = tiny_config(dataset_dir)
   reference = functools.partial(
-      benchmark.run_torch_reference, _script(tmp_path, FAKE_REFERENCE), sys.executable, "cnn",
+      suite.run_torch_reference, _script(tmp_path, FAKE_REFERENCE), sys.executable, "cnn",
       16, 8, 3, 2)
-  results = benchmark.benchmark(config, steps=3, warmup=1, eval_steps=2, rounds=2,
+  results = suite.benchmark(config, steps=3, warmup=1, eval_steps=2, rounds=2,
                                 data_dir=str(dataset_dir), input_batches=2,
                                 profile_dir=str(tmp_path / "profile"), profile_steps=2,
                                 profile_top=3, torch_reference=reference)
@@ -61,12 +61,12 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   assert len(by_kind) == 4 and list(by_kind)[-1] == "others"  # 3 kinds, then the rest.
   assert len(top) == 3 and list(top.values()) == sorted(top.values(), reverse=True)
   assert max(top.values()) <= max(by_kind.values()) and min(by_kind.values()) >= 0
-  table = benchmark.format_table(results)
+  table = suite.format_table(results)
   assert "ratio_to_torch" in table and "input_images_per_s" in table
 
 
 def test_reference_gets_the_same_model_size_and_batch(tmp_path):
-  result = benchmark.run_torch_reference(_script(tmp_path, FAKE_REFERENCE), sys.executable,
+  result = suite.run_torch_reference(_script(tmp_path, FAKE_REFERENCE), sys.executable,
                                          "resnet18", 128, 32, 20, 2)
   assert result["argv"] == ["speed", "--model", "resnet18", "--size", "128", "--batch", "32",
                             "--steps", "20", "--threads", "2"]
@@ -81,12 +81,12 @@ def test_reference_gets_the_same_model_size_and_batch(tmp_path):
 ])
 def test_reference_failures_are_explained(tmp_path, text, model, error, message):
   with pytest.raises(error, match=message):
-    benchmark.run_torch_reference(_script(tmp_path, text), sys.executable, model, 64, 8, 2, 1)
+    suite.run_torch_reference(_script(tmp_path, text), sys.executable, model, 64, 8, 2, 1)
 
 
 def test_missing_reference_script_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="--torch_script=.*nowhere.py"):
-    benchmark.run_torch_reference(str(tmp_path / "nowhere.py"), sys.executable, "cnn", 64, 8,
+    suite.run_torch_reference(str(tmp_path / "nowhere.py"), sys.executable, "cnn", 64, 8,
                                   2, 1)
 
 
@@ -94,11 +94,11 @@ def test_process_usage_counts_the_page_faults_of_fresh_memory():
   libc = ctypes.CDLL(None)
   libc.malloc.restype = ctypes.c_void_p
   libc.free.argtypes = [ctypes.c_void_p]
-  before = benchmark.process_usage()
+  before = suite.process_usage()
   size = 2**28  # Above the largest heap top glibc keeps: served by a fresh mmap.
   buffer = libc.malloc(size)
   ctypes.memset(buffer, 1, size)
-  cpu_s, system_s, page_faults = benchmark.process_usage() - before
+  cpu_s, system_s, page_faults = suite.process_usage() - before
   libc.free(buffer)
   assert page_faults >= size / 2**21, (page_faults, cpu_s)  # One per page, 2 MiB or less.
   assert 0 <= system_s <= cpu_s

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from xray_jax import calibration, classifier, evaluation, trained
+from xray_jax import classifier, trained
+from xray_jax.evaluators import calibration, evaluation
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

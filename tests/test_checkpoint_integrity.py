@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import (
-  checkpoint_digests,
-  errors,
-  evaluation,
-  train,
-  trained,
-  workdir_files,
-)
+from xray_jax import checkpointing, errors, train, trained
+from xray_jax import workdir as workdir_lib
+from xray_jax.evaluators import evaluation
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +57,8 @@ def test_every_kept_checkpoint_has_matching_digests(trained_workdir):
   assert steps == [2, 4, 6]
   for step in steps:
     step_dir = trained_workdir / "checkpoints" / str(step)
-    assert checkpoint_digests.has_digests(step_dir)
-    assert checkpoint_digests.problems(step_dir) == []
+    assert checkpointing.has_digests(step_dir)
+    assert checkpointing.digest_problems(step_dir) == []
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -86,7 +81,7 @@ def test_training_falls_back_to_the_newest_intact_checkpoint(trained_workdir, wo
 
   config.training.restore_fallback = True
   train.train_and_evaluate(config, str(workdir))
-  set_aside = list((workdir / workdir_files.DAMAGED_CHECKPOINTS).iterdir())
+  set_aside = list((workdir / workdir_lib.DAMAGED_CHECKPOINTS).iterdir())
   assert [p.name.split("_")[0] for p in set_aside] == ["6"]  # Kept for inspection.
   # Steps 5 and 6 were trained again from step 4: the same parameters as before the damage.
   again, original = trained.load(workdir, 6), trained.load(trained_workdir, 6)

@@ -17,7 +17,8 @@ from conftest import (
   wait_for_text,
 )
 
-from xray_jax import errors, train, workdir_lock
+from xray_jax import errors, train
+from xray_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -96,5 +97,5 @@ def test_second_trainer_is_refused_and_a_killed_one_frees_the_workdir(dataset_di
   finally:
     first.kill()
     first.wait()
-  with workdir_lock.hold(workdir):  # The kernel released the dead trainer's lock.
+  with workdir_lib.hold(workdir):  # The kernel released the dead trainer's lock.
     pass

@@ -9,7 +9,8 @@ import PIL.Image
 import pytest
 from conftest import no_augment
 
-from xray_jax import errors, input_pipeline, train, workdir_files
+from xray_jax import errors, input_pipeline, train
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import augment, datasets, folder, images, splits
 
 
@@ -63,7 +64,7 @@ def test_split_is_saved_in_the_workdir_and_reused(dataset_dir, tmp_path):
   workdir = tmp_path / "work"
   first = datasets.load_splits(data_config(dataset_dir), workdir)
   train.record_split(workdir, first)
-  saved = json.loads((workdir / workdir_files.SPLIT).read_text())
+  saved = json.loads((workdir / workdir_lib.SPLIT).read_text())
   assert len(saved["val"]) == len(first.val) == 12
   # A different seed does not move a split already recorded for this workdir.
   again = datasets.load_splits(data_config(dataset_dir, split_seed=7), workdir)

@@ -10,8 +10,8 @@ import pytest
 import skimage.filters
 from conftest import SMALL_MODELS, no_augment
 
-from xray_jax import device_augment, models, optimizers, sharding, train
-from xray_jax.data import augment
+from xray_jax import models, optimizers, sharding, train
+from xray_jax.data import augment, device_augment
 
 SIZE = 24
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from conftest import make_dicom, tiny_config, write_dicom
 
-from xray_jax import errors, evaluation, train, workdir_files
+from xray_jax import errors, train
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets
+from xray_jax.evaluators import evaluation
 
 HEADER = "patientId,x,y,width,height,Target\n"
 
@@ -53,7 +55,7 @@ def test_split_is_saved_and_reused(tmp_path):
   workdir = tmp_path / "work"
   first = datasets.load_splits(rsna_config(root).data, workdir)
   train.record_split(workdir, first)
-  saved = json.loads((workdir / workdir_files.SPLIT).read_text())["val"]
+  saved = json.loads((workdir / workdir_lib.SPLIT).read_text())["val"]
   assert saved == sorted(f"{patient}.dcm" for patient in _by_patient(first.val))
   config = rsna_config(root)
   config.data.split_seed = 5
@@ -103,4 +105,4 @@ def test_training_on_dicom_csv(tmp_path):
   with pytest.raises(errors.DataError, match="data source 'dicom_csv' .* has no test split"):
     evaluation.evaluate_checkpoint(workdir, "test", "latest", config.evaluation)
   assert json.loads((workdir / "classes.json").read_text()) == ["NORMAL", "PNEUMONIA"]
-  assert len(json.loads((workdir / workdir_files.SPLIT).read_text())["val"]) == 4
+  assert len(json.loads((workdir / workdir_lib.SPLIT).read_text())["val"]) == 4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import classifier, errors, evaluation, train, trained
+from xray_jax import classifier, errors, train, trained
+from xray_jax.evaluators import evaluation
 
 pytestmark = pytest.mark.slow
 

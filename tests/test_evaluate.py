@@ -16,8 +16,10 @@ import pytest
 import sklearn.metrics
 from conftest import REPO_ROOT
 
-from xray_jax import errors, evaluation, metrics, stress, trained, workdir_files
+from xray_jax import errors, trained
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import shifts
+from xray_jax.evaluators import evaluation, metrics, stress
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +201,6 @@ def test_the_final_step_comes_from_the_run_not_the_dataset(trained_workdir, tmp_
   config = trained.load_config(workdir)
   config.data.dir = str(tmp_path / "moved")  # The images are no longer where they were.
   assert trained.final_step(workdir, config) == 6  # From run.json, written by the trainer.
-  (workdir / workdir_files.RUN).unlink()  # A run of an older version: counted from the data.
+  (workdir / workdir_lib.RUN).unlink()  # A run of an older version: counted from the data.
   with pytest.raises(errors.DataError, match="no such directory"):
     trained.final_step(workdir, config)

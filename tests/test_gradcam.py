@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from xray_jax import gradcam, models, optimizers, sharding, train
+from xray_jax import models, optimizers, sharding, train
+from xray_jax.evaluators import gradcam
 
 
 def blob_batch(rng: np.random.Generator, count: int, size: int = 32):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from xray_jax import huge_pages
+from xray_jax.speed import huge_pages
 
 GLIBC = (2, 36)
 

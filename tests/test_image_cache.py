@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_data import data_config
 
-from xray_jax import errors, image_cache, input_pipeline
-from xray_jax.data import folder
+from xray_jax import errors, input_pipeline
+from xray_jax.data import folder, image_cache
 
 
 def _records_and_load(dataset_dir):

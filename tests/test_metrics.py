@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from xray_jax import metrics
+from xray_jax.evaluators import metrics
 
 
 def binary_data(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 from conftest import tiny_config
 
-from xray_jax import benchmark, model_flops, sharding
+from xray_jax import sharding
+from xray_jax.speed import model_flops, suite
 
 
 def _xla_flops(fn, *args) -> float:
@@ -51,7 +52,7 @@ def test_scans_count_every_iteration_and_conditionals_their_costliest_branch():
 def test_train_step_counts_xla_flops_less_elementwise_work(dataset_dir, monkeypatch):
   make_mesh = sharding.make_mesh  # One device: XLA's count is per device.
   monkeypatch.setattr(sharding, "make_mesh", lambda: make_mesh(jax.devices()[:1]))
-  bench = benchmark.StepBenchmark(tiny_config(dataset_dir), num_classes=2)
+  bench = suite.StepBenchmark(tiny_config(dataset_dir), num_classes=2)
   analysis = bench.step.cost_analysis()
   xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
   # Elementwise work is about a quarter of this tiny model's; the backward pass, two thirds

@@ -8,8 +8,10 @@ import PIL.Image
 import pytest
 from conftest import tiny_config, write_npz
 
-from xray_jax import errors, evaluation, input_pipeline, train, workdir_files
+from xray_jax import errors, input_pipeline, train
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, images
+from xray_jax.evaluators import evaluation
 
 
 def npz_config(path: pathlib.Path):
@@ -28,7 +30,7 @@ def test_records_carry_the_images_of_each_split(tmp_path):
     np.testing.assert_array_equal(np.stack([r["image"] for r in records]), images)
     assert [r["label"] for r in records] == labels.tolist()
     assert records[3]["path"] == f"{tmp_path / 'p.npz'}/{split}/00003"
-  assert not (tmp_path / "work" / workdir_files.SPLIT).exists()  # The file's own val split.
+  assert not (tmp_path / "work" / workdir_lib.SPLIT).exists()  # The file's own val split.
 
 
 def test_without_val_arrays_validation_is_carved_and_saved(tmp_path):
@@ -38,7 +40,7 @@ def test_without_val_arrays_validation_is_carved_and_saved(tmp_path):
   train.record_split(tmp_path / "work", first)
   assert (len(first.train), len(first.val)) == (16, 4)
   assert sorted(r["label"] for r in first.val) == [0, 0, 1, 1]  # Stratified.
-  saved = json.loads((tmp_path / "work" / workdir_files.SPLIT).read_text())["val"]
+  saved = json.loads((tmp_path / "work" / workdir_lib.SPLIT).read_text())["val"]
   assert saved == sorted(r["path"].split("p.npz/")[1] for r in first.val)
   config.data.split_seed = 1  # Ignored: the saved split is reused.
   again = datasets.load_splits(config.data, tmp_path / "work")

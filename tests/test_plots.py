@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from xray_jax import metrics, plots
+from xray_jax.evaluators import metrics, plots
 
 
 @pytest.fixture

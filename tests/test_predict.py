@@ -13,7 +13,8 @@ import PIL.Image
 import pytest
 from conftest import REPO_ROOT, make_dicom, run_in_terminal, write_dicom, write_image
 
-from xray_jax import classifier, evaluation, predict, trained
+from xray_jax import classifier, predict, trained
+from xray_jax.evaluators import evaluation
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from conftest import (
   wait_for_text,
 )
 
-from xray_jax import checkpoint_digests, preemption
+from xray_jax import checkpointing, preemption
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_sigterm_saves_then_resume_is_exact(dataset_dir, tmp_path):
   assert proc.wait(timeout=300) == preemption.RESUBMIT_EXIT_CODE
   step = int(wait_for_text(log, PREEMPTED).group(1))
   assert 5 <= step < 300 and step % 100  # Saved at the notice, not at a regular checkpoint.
-  assert checkpoint_digests.has_digests(workdir / "checkpoints" / str(step))
+  assert checkpointing.has_digests(workdir / "checkpoints" / str(step))
   assert _train_steps(workdir)[-1] == step
 
   resumed = subprocess.run(trainer_command(workdir, dataset_dir, *LONG), cwd=REPO_ROOT,

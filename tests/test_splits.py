@@ -8,7 +8,8 @@ import PIL.Image
 import pytest
 from conftest import REPO_ROOT, load_config_module
 
-from xray_jax import errors, train, workdir_files
+from xray_jax import errors, train
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, splits
 
 DEFAULT_PATTERN = load_config_module(
@@ -85,7 +86,7 @@ def test_split_records_its_groups_and_is_the_same_on_resume_and_rerun(tmp_path):
   first = datasets.load_splits(folder_config(tmp_path / "data"), workdir)
   assert not workdir.exists()  # The data layer writes nothing; the trainer records it.
   train.record_split(workdir, first)
-  saved = json.loads((workdir / workdir_files.SPLIT).read_text())
+  saved = json.loads((workdir / workdir_lib.SPLIT).read_text())
   assert saved["group_pattern"] == DEFAULT_PATTERN and saved["num_groups"] == 67
   assert set(saved["val_groups"]) == _patients(first.val, patient_of)
   assert len(saved["val"]) == len(first.val)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from xray_jax import step_profile
+from xray_jax.speed import step_profile
 
 HLO = """HloModule jit_step, is_scheduled=true, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
 

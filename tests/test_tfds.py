@@ -16,8 +16,10 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import make_dataset, tiny_config, write_npz
 
-from xray_jax import config_checks, errors, evaluation, train, workdir_files
+from xray_jax import config_checks, errors, train
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, tfds_builders
+from xray_jax.evaluators import evaluation
 
 
 def _layout(root: pathlib.Path) -> pathlib.Path:
@@ -80,7 +82,7 @@ def test_chest_xray_is_prepared_from_the_folder_layout(tmp_path):
   _assert_records_match_files(got.train + got.val + got.test, root)
   assert "train/PNEUMONIA/colour.png" in _ids(got.train + got.val)  # Converted to gray.
   # No val/ folder: validation is carved from train (stratified) and saved.
-  saved = json.loads((tmp_path / "work" / workdir_files.SPLIT).read_text())["val"]
+  saved = json.loads((tmp_path / "work" / workdir_lib.SPLIT).read_text())["val"]
   assert saved == _ids(got.val)
   assert sorted(r["label"] for r in got.val) == [0, 0, 1, 1, 1]
   # The prepared files are read back through tfds.data_source as well.

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, load_config_module, tiny_config, write_image
 
-from xray_jax import errors, evaluation, train
+from xray_jax import errors, train
 from xray_jax.data import datasets, label_rules
+from xray_jax.evaluators import evaluation
 
 
 def make_three_class_dataset(root):

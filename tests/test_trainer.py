@@ -8,16 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xray_jax import (
-    checkpointing,
-    errors,
-    inference,
-    models,
-    optimizers,
-    sharding,
-    train,
-    trained,
-)
+from xray_jax import checkpointing, errors, inference, models, optimizers, sharding, train, trained
 from xray_jax.data import datasets
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xray_jax import classifier, errors, evaluation, models, trained, tta
+from xray_jax import classifier, errors, models, trained
+from xray_jax.evaluators import evaluation, tta
 
 
 def test_parse_views_names_the_config_key():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from xray_jax import xla_flags
+from xray_jax.speed import xla_flags
 
 # Prints whether the compiled gradient of a convolution hands it to YNNPACK (which takes
 # convolutions from 32 channels up).

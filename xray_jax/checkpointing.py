@@ -1,7 +1,13 @@
 """Orbax checkpoints of the train state together with the input iterator's position, with
-file digests that are checked before every restore, and a record of their validation."""
+file digests that are checked before every restore, and a record of their validation.
+
+Orbax makes a checkpoint appear only when it is complete, but it does not notice bytes that
+change later (a bad disk, a partial copy, a truncated sync). After each save the trainer
+records the size and SHA-256 of every file of the step's folder; a restore first checks them.
+"""
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import shutil
@@ -17,7 +23,57 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from xray_jax import checkpoint_digests, errors, files, workdir_files
+from xray_jax import errors
+from xray_jax import workdir as workdir_lib
+
+DIGESTS_FILE = "xray_digests.json"
+_CHUNK_BYTES = 1 << 22
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    while chunk := f.read(_CHUNK_BYTES):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _checkpoint_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != DIGESTS_FILE)
+
+
+def write_digests(step_dir: pathlib.Path) -> None:
+  """Records the size and SHA-256 of every file below `step_dir`."""
+  digests = {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _checkpoint_files(step_dir)}
+  workdir_lib.write_atomically(step_dir / DIGESTS_FILE, json.dumps(digests, indent=0))
+
+
+def has_digests(step_dir: pathlib.Path) -> bool:
+  return (step_dir / DIGESTS_FILE).is_file()
+
+
+def digest_problems(step_dir: pathlib.Path) -> list[str]:
+  """What differs from the recorded digests: missing, truncated or changed files (empty
+  when intact). A checkpoint without digests (older runs) cannot be checked: empty too."""
+  if not has_digests(step_dir):
+    return []
+  try:
+    recorded = json.loads((step_dir / DIGESTS_FILE).read_text())
+  except (OSError, ValueError) as e:
+    return [f"{DIGESTS_FILE} is unreadable ({e})"]
+  found = []
+  for name, expected in recorded.items():
+    path = step_dir / name
+    if not path.is_file():
+      found.append(f"{name} is missing")
+    elif (size := path.stat().st_size) != expected["bytes"]:
+      found.append(f"{name} has {size} bytes, {expected['bytes']} were written (truncated "
+                   "or overwritten)")
+    elif _sha256(path) != expected["sha256"]:
+      found.append(f"{name} differs from what was written (damaged bytes)")
+  return found
+
 
 # The metric of `metrics.summarize` that ranks validated checkpoints (higher is better).
 BEST_METRIC = "auc"
@@ -43,7 +99,7 @@ class Checkpointer:
 
   A checkpoint is saved before its step is validated (a failing validation loses no
   training); `record_validation` adds the metrics to VALIDATION_FILE afterwards. Once a save
-  is final, process 0 records the digests of its files (`checkpoint_digests`); restores
+  is final, process 0 records the digests of its files (`write_digests`); restores
   check them first and name what is damaged.
   """
 
@@ -86,7 +142,7 @@ class Checkpointer:
     """Adds the validation metrics (`metrics.summarize`) of `step`."""
     self._validation[step] = dict(metrics)
     if jax.process_index() == 0:
-      files.write_atomically(self._directory / VALIDATION_FILE, json.dumps(
+      workdir_lib.write_atomically(self._directory / VALIDATION_FILE, json.dumps(
           {str(s): m for s, m in sorted(self._validation.items())}, indent=1))
 
   def validation(self, step: int) -> dict[str, float] | None:
@@ -117,15 +173,15 @@ class Checkpointer:
     self._manager.wait_until_finished()
     step, self._undigested_step = self._undigested_step, None
     if step is not None and jax.process_index() == 0 and self.step_dir(step).is_dir():
-      checkpoint_digests.write(self.step_dir(step))
+      write_digests(self.step_dir(step))
 
   def check_intact(self, step: int) -> None:
     """Raises CheckpointError naming the checkpoint and what is wrong with its files."""
-    problems = checkpoint_digests.problems(self.step_dir(step))
+    problems = digest_problems(self.step_dir(step))
     if problems:
       raise errors.CheckpointError(
           f"checkpoint {self.step_dir(step)} is damaged: {'; '.join(problems)}")
-    if not checkpoint_digests.has_digests(self.step_dir(step)):
+    if not has_digests(self.step_dir(step)):
       logging.warning("%s has no file digests (written by an older xray_jax, or interrupted "
                       "right after saving): restoring it unverified", self.step_dir(step))
 
@@ -173,7 +229,7 @@ class Checkpointer:
     chosen = -1
     if jax.process_index() == 0:
       for step in sorted(self.all_steps(), reverse=True):
-        problems = checkpoint_digests.problems(self.step_dir(step))
+        problems = digest_problems(self.step_dir(step))
         if not problems:
           chosen = step
           break
@@ -191,7 +247,7 @@ class Checkpointer:
     return None if chosen == -2 else chosen
 
   def _set_aside(self, step: int) -> pathlib.Path:
-    target = (self._directory.parent / workdir_files.DAMAGED_CHECKPOINTS
+    target = (self._directory.parent / workdir_lib.DAMAGED_CHECKPOINTS
               / f"{step}_{time.strftime('%Y%m%d-%H%M%S')}")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(self.step_dir(step), target)

@@ -15,19 +15,11 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from xray_jax import (
-    calibration,
-    errors,
-    gradcam,
-    inference,
-    input_pipeline,
-    sharding,
-    trained,
-    tta,
-)
+from xray_jax import errors, inference, input_pipeline, sharding, trained
 from xray_jax.data import image_check
 from xray_jax.data.folder import IMAGE_SUFFIXES
 from xray_jax.data.records import Record
+from xray_jax.evaluators import calibration, gradcam, tta
 
 
 def decision_threshold(class_names: Sequence[str], threshold: float | None) -> float | None:

@@ -5,8 +5,9 @@ import re
 
 import ml_collections
 
-from xray_jax import errors, metrics, tta
+from xray_jax import errors
 from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
+from xray_jax.evaluators import metrics, tta
 from xray_jax.models import conv, resnet
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.

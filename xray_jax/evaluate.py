@@ -6,7 +6,7 @@ r"""Evaluates checkpoints of a training run, as a separate job.
 The model and preprocessing come from the run's saved config.json; --config, if given, only
 supplies the `evaluation` section (operating-point method, calibration bins). Reports,
 predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
-controlled acquisition shifts (xray_jax.stress).
+controlled acquisition shifts (xray_jax.evaluators.stress).
 """
 
 import pathlib
@@ -16,7 +16,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import cli, config_checks, errors, evaluation, logs, sharding, stress, trained
+from xray_jax import cli, config_checks, errors, logs, sharding, trained
+from xray_jax.evaluators import evaluation, stress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")

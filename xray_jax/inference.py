@@ -13,9 +13,10 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from xray_jax import input_pipeline, metrics, sharding, tta
+from xray_jax import input_pipeline, sharding
 from xray_jax.data import shifts
 from xray_jax.data.records import Record
+from xray_jax.evaluators import metrics, tta
 
 # (variables, batch {"image": [B, S, S, C], ...}) -> a pytree of per-example arrays [B, ...].
 BatchFunction = Callable[[dict[str, Any], dict[str, jax.Array]], Any]

@@ -9,8 +9,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from xray_jax import device_augment, image_cache
-from xray_jax.data import augment, images, intensity, shifts
+from xray_jax.data import augment, device_augment, image_cache, images, intensity, shifts
 from xray_jax.data.records import Record
 
 

@@ -21,7 +21,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xray_jax import cli, config_help, errors, huge_pages, logs, preemption, train
+from xray_jax import cli, config_help, errors, logs, preemption, train
+from xray_jax.speed import huge_pages
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")

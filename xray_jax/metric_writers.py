@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import tensorboardX
 
-from xray_jax import files, workdir_files
+from xray_jax import workdir as workdir_lib
 
 
 def _step_of(line: str) -> int | None:
@@ -29,14 +29,14 @@ class MetricWriter:
     self._enabled = enabled
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      path = workdir / workdir_files.METRICS
+      path = workdir / workdir_lib.METRICS
       if path.is_file():
         kept = [line for line in path.read_text().splitlines(keepends=True)
                 if _step_of(line) is not None and _step_of(line) <= resume_step]
-        files.write_atomically(path, "".join(kept))
+        workdir_lib.write_atomically(path, "".join(kept))
       self._jsonl = path.open("a")
       self._tensorboard = tensorboardX.SummaryWriter(
-          str(workdir / workdir_files.TENSORBOARD), purge_step=resume_step + 1)
+          str(workdir / workdir_lib.TENSORBOARD), purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import tqdm
 from absl import logging
 
-from xray_jax import workdir_files
+from xray_jax import workdir as workdir_lib
 
 
 def format_duration(seconds: float) -> str:
@@ -70,4 +70,4 @@ def log_summary(workdir: pathlib.Path, last_step: int, best_step: int | None,
       "  python -m xray_jax.predict --workdir=%s --checkpoint=best IMAGES_OR_FOLDERS",
       last_step, "none validated yet" if best_metrics is None else
       f"step {best_step} (validation AUC {best_metrics['auc']:.4f}, accuracy "
-      f"{best_metrics['accuracy']:.4f})", workdir / workdir_files.CHECKPOINTS, workdir, workdir)
+      f"{best_metrics['accuracy']:.4f})", workdir / workdir_lib.CHECKPOINTS, workdir, workdir)

@@ -20,9 +20,7 @@ from jax.experimental import multihost_utils
 from xray_jax import (
   checkpointing,
   config_checks,
-  device_augment,
   errors,
-  files,
   inference,
   input_pipeline,
   losses,
@@ -31,11 +29,10 @@ from xray_jax import (
   optimizers,
   preemption,
   sharding,
-  workdir_files,
-  workdir_lock,
 )
 from xray_jax import progress as training_progress
-from xray_jax.data import datasets, image_check
+from xray_jax import workdir as workdir_lib
+from xray_jax.data import datasets, device_augment, image_check
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> augmented images.
 
@@ -160,7 +157,8 @@ def record_split(workdir: pathlib.Path, splits: datasets.Splits) -> None:
   """Writes a validation split made for this run to the workdir, where a resumed run and
   evaluation jobs read it back."""
   if splits.new_split is not None:
-    files.write_atomically(workdir / workdir_files.SPLIT, json.dumps(splits.new_split, indent=1))
+    workdir_lib.write_atomically(workdir / workdir_lib.SPLIT,
+                                 json.dumps(splits.new_split, indent=1))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -174,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = config.copy_and_resolve_references()
   datasets.make_paths_absolute(config.data)
   workdir = pathlib.Path(workdir)
-  with workdir_lock.hold(workdir):
+  with workdir_lib.hold(workdir):
     return _train(config, workdir)
 
 
@@ -193,10 +191,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
   if is_chief:  # The config last: jobs that wait for a run wait for it.
     record_split(workdir, splits)
-    files.write_atomically(workdir / workdir_files.RUN, json.dumps(
+    workdir_lib.write_atomically(workdir / workdir_lib.RUN, json.dumps(
         {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}))
-    files.write_atomically(workdir / workdir_files.CLASSES, json.dumps(list(splits.class_names)))
-    files.write_atomically(workdir / workdir_files.CONFIG, config.to_json_best_effort(indent=2))
+    workdir_lib.write_atomically(workdir / workdir_lib.CLASSES,
+                                 json.dumps(list(splits.class_names)))
+    workdir_lib.write_atomically(workdir / workdir_lib.CONFIG, config.to_json_best_effort(indent=2))
   logging.info("%d classes %s; %d train / %d val images; %d devices, %d processes; "
                "%d steps of %d images (%d per epoch)", num_classes, splits.class_names,
                len(splits.train), len(splits.val), mesh.size, jax.process_count(),
@@ -213,7 +212,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   train_iter = iter(input_pipeline.create_train_dataset(
       splits.train, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
-  checkpointer = checkpointing.Checkpointer(workdir / workdir_files.CHECKPOINTS,
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
                                             training.keep_checkpoints)
   restored = checkpointer.restore_latest(state, train_iter,
                                          fall_back=training.restore_fallback)

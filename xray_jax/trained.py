@@ -13,15 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from xray_jax import (
-    checkpointing,
-    errors,
-    input_pipeline,
-    models,
-    optimizers,
-    sharding,
-    workdir_files,
-)
+from xray_jax import checkpointing, errors, input_pipeline, models, optimizers, sharding
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets
 
 
@@ -48,7 +41,7 @@ def data_config(config: ml_collections.ConfigDict,
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run was trained with (WORKDIR/config.json)."""
-  path = workdir / workdir_files.CONFIG
+  path = workdir / workdir_lib.CONFIG
   if not path.is_file():
     raise errors.DataError(f"{path}: missing; is {workdir} a training workdir?")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -58,7 +51,7 @@ def wait_for_config(workdir: pathlib.Path, poll_seconds: float,
                     timeout_seconds: float) -> ml_collections.ConfigDict:
   """`load_config`, once the trainer has written it (for jobs started beside the trainer)."""
   deadline = time.monotonic() + timeout_seconds
-  while not (workdir / workdir_files.CONFIG).is_file() and time.monotonic() < deadline:
+  while not (workdir / workdir_lib.CONFIG).is_file() and time.monotonic() < deadline:
     logging.log_every_n_seconds(logging.INFO, "waiting for a training run in %s", 600,
                                 workdir)
     time.sleep(poll_seconds)
@@ -69,7 +62,7 @@ def final_step(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                data_dir: str | None = None) -> int:
   """The step the run ends at, as its trainer recorded it (runs of older versions: counted
   again from the dataset)."""
-  path = workdir / workdir_files.RUN
+  path = workdir / workdir_lib.RUN
   if path.is_file():
     return json.loads(path.read_text())["total_steps"]
   num_train = len(datasets.load_splits(data_config(config, data_dir), workdir).train)
@@ -77,7 +70,7 @@ def final_step(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 
 
 def load_class_names(workdir: pathlib.Path) -> tuple[str, ...]:
-  path = workdir / workdir_files.CLASSES
+  path = workdir / workdir_lib.CLASSES
   if not path.is_file():
     raise errors.DataError(f"{path}: missing; is {workdir} a training workdir?")
   return tuple(json.loads(path.read_text()))
@@ -109,7 +102,7 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
   class_names = load_class_names(workdir)
   model = models.create_model(config.model, len(class_names))
   mesh = mesh or sharding.make_mesh()
-  checkpointer = checkpointing.Checkpointer(workdir / workdir_files.CHECKPOINTS, read_only=True)
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, read_only=True)
   try:
     step = resolve_step(checkpointer, checkpoint)
     shape = (1, *input_pipeline.input_shape(config.data))
@@ -141,7 +134,7 @@ def output_prefix(members: Sequence[TrainedRun]) -> str:
 
 def operating_point_path(workdir: pathlib.Path, step: int, prefix: str = "") -> pathlib.Path:
   """Where the decision threshold chosen on validation for `step` is kept."""
-  return workdir / workdir_files.EVAL / f"{prefix}operating_point_step{step}.json"
+  return workdir / workdir_lib.EVAL / f"{prefix}operating_point_step{step}.json"
 
 
 def load_operating_point(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> dict:

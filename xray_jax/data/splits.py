@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import errors, workdir_files
+from xray_jax import errors
+from xray_jax import workdir as workdir_lib
 from xray_jax.data.records import Record
 
 
@@ -101,7 +102,7 @@ def split_train_val(
 ) -> tuple[list[Record], list[Record], dict | None]:
   """Splits train into train and validation by patient, reusing the split recorded in
   `workdir` if any; also returns a new split's record (None when reused)."""
-  path = workdir / workdir_files.SPLIT
+  path = workdir / workdir_lib.SPLIT
   names = [_relative(r, root) for r in records]
   if path.exists():
     saved_file = json.loads(path.read_text())
@@ -130,7 +131,7 @@ def split_train_val(
 
 def saved_validation(workdir: pathlib.Path) -> list[str] | None:
   """The validation images recorded in `workdir` (None: the source had its own split)."""
-  path = pathlib.Path(workdir) / workdir_files.SPLIT
+  path = pathlib.Path(workdir) / workdir_lib.SPLIT
   return json.loads(path.read_text())["val"] if path.is_file() else None
 
 

@@ -13,25 +13,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import (
-  calibration,
-  checkpointing,
-  errors,
-  files,
-  inference,
-  metrics,
-  plots,
-  sharding,
-  trained,
-  tta,
-  workdir_files,
-)
+from xray_jax import checkpointing, errors, inference, sharding, trained
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.records import Record
+from xray_jax.evaluators import calibration, metrics, plots, tta
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
-  return workdir / workdir_files.EVAL / f"{split}_step{step}.json"
+  return workdir / workdir_lib.EVAL / f"{split}_step{step}.json"
 
 
 def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
@@ -54,7 +44,7 @@ def _write_predictions(path: pathlib.Path, records, probs, labels, class_names) 
   writer.writerow(["path", "label", *(f"prob_{name}" for name in class_names)])
   for record, label, row in zip(records, labels, probs, strict=True):
     writer.writerow([record["path"], class_names[label], *(f"{p:.6f}" for p in row)])
-  files.write_atomically(path, buffer.getvalue())
+  workdir_lib.write_atomically(path, buffer.getvalue())
 
 
 def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bins) -> None:
@@ -132,7 +122,7 @@ def _operating_point(
     point.update(method=method, target_sensitivity=evaluation_config.target_sensitivity,
                  threshold=threshold)
   if jax.process_index() == 0:
-    files.write_atomically(trained.operating_point_path(
+    workdir_lib.write_atomically(trained.operating_point_path(
         run.workdir, run.step, trained.output_prefix(members)), json.dumps(point, indent=1))
   return point
 
@@ -167,7 +157,7 @@ def _check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun
     if splits.saved_validation(member.workdir) != splits.saved_validation(run.workdir):
       raise errors.DataError(
           f"{member.workdir}: validated on other images than {run.workdir} (its "
-          f"{workdir_files.SPLIT} differs): the ensemble's validation would include images "
+          f"{workdir_lib.SPLIT} differs): the ensemble's validation would include images "
           "a member trained on")
 
 
@@ -206,11 +196,12 @@ def evaluate_checkpoint(
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
   if jax.process_index() == 0:
-    prefix = run.workdir / workdir_files.EVAL / f"{name}_step{run.step}"
+    prefix = run.workdir / workdir_lib.EVAL / f"{name}_step{run.step}"
     _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
                        labels, names)
     _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
-    files.write_atomically(report_path(run.workdir, name, run.step), json.dumps(report, indent=1))
+    workdir_lib.write_atomically(report_path(run.workdir, name, run.step),
+                                 json.dumps(report, indent=1))
   _log_summary(name, run.step, report)
   return report
 
@@ -229,7 +220,7 @@ def watch(
   workdir = pathlib.Path(workdir)
   config = trained.wait_for_config(workdir, poll_seconds, timeout_seconds)
   final_step = trained.final_step(workdir, config, data_dir)
-  checkpointer = checkpointing.Checkpointer(workdir / workdir_files.CHECKPOINTS, read_only=True)
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, read_only=True)
   mesh = sharding.make_mesh()
   evaluated, last_progress = [], time.monotonic()
   try:

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from xray_jax import metrics
+from xray_jax.evaluators import metrics
 
 PathLike = str | os.PathLike
 

@@ -10,25 +10,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import (
-    calibration,
-    evaluation,
-    files,
-    inference,
-    metrics,
-    plots,
-    sharding,
-    trained,
-    tta,
-    workdir_files,
-)
+from xray_jax import inference, sharding, trained
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import shifts
+from xray_jax.evaluators import calibration, evaluation, metrics, plots, tta
 
 SCORES = ("roc_auc", "sensitivity", "specificity", "accuracy")
 
 
 def report_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
-  return workdir / workdir_files.EVAL / f"stress_step{step}.json"
+  return workdir / workdir_lib.EVAL / f"stress_step{step}.json"
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
@@ -108,11 +99,11 @@ def stress_test(
   logging.info("stress mean over %d shifted evaluations: %s", len(results), report["mean"])
   if jax.process_index() == 0:
     path = report_path(run.workdir, run.step)
-    files.write_atomically(path, json.dumps(report, indent=1))
+    workdir_lib.write_atomically(path, json.dumps(report, indent=1))
     _plot(report, path.with_suffix(".png"))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **saved)
-    files.write_atomically(path.with_suffix(".npz"), buffer.getvalue())
+    workdir_lib.write_atomically(path.with_suffix(".npz"), buffer.getvalue())
   return report
 
 
