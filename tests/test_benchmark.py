@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax.speed import suite
 

@@ -8,7 +8,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax import checkpointing, errors, train, trained
 from xray_jax import workdir as workdir_lib

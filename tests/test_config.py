@@ -3,7 +3,7 @@
 import pathlib
 
 import pytest
-from conftest import load_config_module
+from helpers import load_config_module
 
 from xray_jax import config_args, config_checks, errors, models
 from xray_jax.data import datasets

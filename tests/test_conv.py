@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SMALL_MODELS, assert_same_training, three_train_steps
+from helpers import SMALL_MODELS, assert_same_training, three_train_steps
 from jax import lax
 from jax.test_util import check_grads
 

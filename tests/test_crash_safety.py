@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
   REPO_ROOT,
   cpu_env,
   final_variables,

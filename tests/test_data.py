@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import no_augment
+from helpers import no_augment
 
 from xray_jax import errors, input_pipeline, train
 from xray_jax import workdir as workdir_lib

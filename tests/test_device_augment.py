@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import skimage.filters
-from conftest import SMALL_MODELS, no_augment
+from helpers import SMALL_MODELS, no_augment
 
 from xray_jax import models, optimizers, sharding, train
 from xray_jax.data import augment, device_augment

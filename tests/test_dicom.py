@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pydicom
 import pytest
-from conftest import REPO_ROOT, load_config_module, make_dicom, write_dicom
+from helpers import REPO_ROOT, load_config_module, make_dicom, write_dicom
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from xray_jax import config_checks, errors, input_pipeline

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_dicom, tiny_config, write_dicom
+from helpers import make_dicom, tiny_config, write_dicom
 
 from xray_jax import errors, train
 from xray_jax import workdir as workdir_lib

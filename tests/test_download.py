@@ -6,7 +6,7 @@ import socket
 import threading
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax import config_checks, errors
 from xray_jax.data import download

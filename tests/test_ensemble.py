@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax import classifier, errors, train, trained
 from xray_jax.evaluators import evaluation

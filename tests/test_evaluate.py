@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import sklearn.metrics
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from xray_jax import errors, trained
 from xray_jax import workdir as workdir_lib

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import no_augment, write_image
+from helpers import no_augment, write_image
 
 from xray_jax import classifier, inference, input_pipeline, sharding
 from xray_jax.data import intensity

@@ -8,7 +8,7 @@ import stat
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 SCRIPTS = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "launch").rglob("*")
                  if p.suffix in (".sh", ".sbatch"))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, run_in_terminal
+from helpers import REPO_ROOT, run_in_terminal
 
 pytestmark = pytest.mark.slow
 

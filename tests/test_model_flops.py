@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax import sharding
 from xray_jax.speed import model_flops, suite

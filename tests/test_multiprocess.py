@@ -5,7 +5,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT, cpu_env, trainer_command
+from helpers import REPO_ROOT, cpu_env, trainer_command
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import tiny_config, write_npz
+from helpers import tiny_config, write_npz
 
 from xray_jax import errors, input_pipeline, train
 from xray_jax import workdir as workdir_lib

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SMALL_MODELS, assert_same_training, three_train_steps
+from helpers import SMALL_MODELS, assert_same_training, three_train_steps
 from jax import lax
 
 from xray_jax.models import pooling

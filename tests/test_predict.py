@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, make_dicom, run_in_terminal, write_dicom, write_image
+from helpers import REPO_ROOT, make_dicom, run_in_terminal, write_dicom, write_image
 
 from xray_jax import classifier, predict, trained
 from xray_jax.evaluators import evaluation

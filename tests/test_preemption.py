@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
   REPO_ROOT,
   RUNLOCAL,
   TINY_FLAGS,

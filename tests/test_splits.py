@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, load_config_module
+from helpers import REPO_ROOT, load_config_module
 
 from xray_jax import errors, train
 from xray_jax import workdir as workdir_lib

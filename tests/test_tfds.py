@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
-from conftest import make_dataset, tiny_config, write_npz
+from helpers import make_dataset, tiny_config, write_npz
 
 from xray_jax import config_checks, errors, train
 from xray_jax import workdir as workdir_lib

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, load_config_module, tiny_config, write_image
+from helpers import REPO_ROOT, load_config_module, tiny_config, write_image
 
 from xray_jax import errors, train
 from xray_jax.data import datasets, label_rules

@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from xray_jax import checkpointing, errors, inference, models, optimizers, sharding, train, trained
 from xray_jax.data import datasets

@@ -1,0 +1,225 @@
+"""Helpers shared by the tests: generated datasets and DICOMs, tiny configs, subprocess and
+terminal runners, and whole-step comparisons."""
+
+import fcntl
+import importlib.util
+import os
+import pathlib
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import PIL.Image
+import pydicom
+
+from xray_jax import models, optimizers, sharding, train
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# `configs/pneumonia.py:runlocal` shrunk to a 2-block CNN on 16x16 images: seconds a run.
+RUNLOCAL = "configs/pneumonia.py:runlocal"
+
+
+TINY_FLAGS = ["--config.data.image_size=16", "--config.model.widths=4,8",
+              "--config.model.dense=8", "--config.training.global_batch_size=8",
+              "--config.training.eval_batch_size=8", "--config.data.val_fraction=0.25",
+              "--config.optimizer.schedule=constant", "--config.data.source=folder"]
+
+
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+  """This process's environment, with `devices` CPU devices for a child JAX process."""
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          **extra}
+
+
+def trainer_command(workdir: pathlib.Path, dataset_dir: pathlib.Path, *flags: str) -> list[str]:
+  """`python -m xray_jax.main` on the tiny runlocal config, logging to stderr."""
+  return [sys.executable, "-m", "xray_jax.main", "--alsologtostderr", f"--workdir={workdir}",
+          f"--config={RUNLOCAL}", *TINY_FLAGS, f"--config.data.dir={dataset_dir}", *flags]
+
+
+def wait_for_text(path: pathlib.Path, pattern: str, timeout: float = 300,
+                  process: subprocess.Popen | None = None) -> re.Match:
+  """Polls the file at `path` until `pattern` matches its text; fails if `process` ends or
+  the time runs out first."""
+  deadline = time.monotonic() + timeout
+  while True:
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    if match := re.search(pattern, text):
+      return match
+    if process is not None and process.poll() is not None:
+      raise AssertionError(f"process ended ({process.returncode}) before {pattern!r}:\n"
+                           f"{text[-3000:]}")
+    assert time.monotonic() < deadline, f"no {pattern!r} in {path}:\n{text[-3000:]}"
+    time.sleep(0.02)
+
+
+def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
+  """Parameters and BatchNorm statistics of a run's latest checkpoint, as host arrays."""
+  from xray_jax import trained
+
+  return [np.asarray(x) for x in jax.tree.leaves(trained.load(workdir, "latest").variables)]
+
+
+def run_in_terminal(command: list[str], devices: int = 2) -> tuple[int, str]:
+  """Runs `command` with stdout on a 100-column pseudo-terminal; (exit code, what it showed)."""
+  controller, terminal = pty.openpty()
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=cpu_env(devices), stdout=terminal,
+                          stderr=subprocess.DEVNULL)
+  os.close(terminal)
+  shown = b""
+  while True:
+    try:
+      chunk = os.read(controller, 4096)
+    except OSError:  # The program ended and closed the terminal.
+      break
+    if not chunk:
+      break
+    shown += chunk
+  os.close(controller)
+  return proc.wait(timeout=600), shown.decode(errors="replace")
+
+
+def write_image(path: pathlib.Path, label: int, rng: np.random.Generator, size: int = 32):
+  """A gray image whose class is a bright square on the left (0) or right (1) half."""
+  pixels = rng.uniform(0, 60, size=(size, size))
+  row = rng.integers(4, size - 12)
+  col = rng.integers(2, size // 2 - 10) + (size // 2 if label else 0)
+  pixels[row:row + 8, col:col + 8] = 230
+  path.parent.mkdir(parents=True, exist_ok=True)
+  PIL.Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def make_dataset(root: pathlib.Path, per_class: int = 24, classes=("NORMAL", "PNEUMONIA"),
+                 seed: int = 0) -> pathlib.Path:
+  """ROOT/train/{CLASS}/*.{png,jpeg} with `per_class` images of each class."""
+  rng = np.random.default_rng(seed)
+  for label, name in enumerate(classes):
+    for i in range(per_class):
+      suffix = ".png" if i % 2 else ".jpeg"
+      write_image(root / "train" / name / f"img{i:03d}{suffix}", label, rng)
+  return root
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 0,
+               **tags) -> pydicom.Dataset:
+  """A digital X-ray dataset holding `pixels` ([H, W], [frames, H, W] or [H, W, 3]) and `tags`.
+
+  It names a patient, whom read_dicom's messages must never mention.
+  """
+  ds = pydicom.Dataset()
+  ds.file_meta = pydicom.dataset.FileMetaDataset()
+  ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
+  ds.PatientName, ds.PatientID = "Doe^Jane", "PID-4711"
+  ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+  for keyword, value in tags.items():
+    setattr(ds, keyword, value)
+  return ds
+
+
+def write_dicom(path: pathlib.Path, ds: pydicom.Dataset) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ds.save_as(path, enforce_file_format=True)
+  return path
+
+
+def write_npz(path: pathlib.Path, per_class: int = 10, size: int = 28, val: bool = True,
+              seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """A PneumoniaMNIST-like file (uint8 [N, size, size], labels [N, 1]); returns its arrays.
+
+  Class 1 images have a bright right half, so a tiny model can learn them.
+  """
+  rng = np.random.default_rng(seed)
+  found = {}
+  for split in ("train", "val", "test") if val else ("train", "test"):
+    labels = np.repeat([0, 1], per_class)
+    images = rng.integers(0, 80, size=(len(labels), size, size), dtype=np.uint8)
+    images[labels == 1, :, size // 2:] += 150
+    found[split] = (images, labels)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, **{f"{split}_{kind}": array[:, None] if kind == "labels" else array
+                    for split, pair in found.items()
+                    for kind, array in zip(("images", "labels"), pair, strict=True)})
+  return found
+
+
+def no_augment(**overrides) -> ml_collections.ConfigDict:
+  """A `data.augment` section with every step off, then `overrides`."""
+  config = ml_collections.ConfigDict(dict(
+      rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
+      hflip_prob=0.0, brightness=0.0, contrast=0.0, crop_area_min=1.0, gamma=0.0,
+      blur_sigma=0.0, noise_std=0.0))
+  config.update(overrides)
+  return config
+
+
+def load_config_module(path: pathlib.Path):
+  """Imports a config file the way `--config=PATH` does."""
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(data_dir: pathlib.Path, **training) -> ml_collections.ConfigDict:
+  """The runlocal pneumonia config shrunk to 16x16 images and a few steps."""
+  config = load_config_module(REPO_ROOT / "configs" / "pneumonia.py").get_config("runlocal")
+  config.data.dir = str(data_dir)
+  config.data.image_size = 16
+  config.data.val_fraction = 0.25
+  config.model.widths = (4, 8)
+  config.model.dense = (8,)
+  config.optimizer.schedule = "constant"
+  config.optimizer.warmup_epochs = 0.0
+  config.training.update(dict(global_batch_size=8, num_train_steps=4, log_every_steps=1,
+                              eval_every_steps=2, checkpoint_every_steps=2,
+                              eval_batch_size=16))
+  config.training.update(training)
+  return config
+
+
+# Small models of both families: whole train steps of a custom path against XLA's.
+SMALL_MODELS = {
+    "cnn": dict(widths=(4, 8), dense=(8,), dropout=0.0),
+    "resnet18": dict(width=4, stage_sizes=(1, 1)),  # The stem, a block and a strided block.
+}
+
+
+def three_train_steps(name: str, **model_fields):
+  """(params and batch stats, the last gradient norm) after 3 AdamW steps of the small
+  `name` model of SMALL_MODELS, on a fixed batch of four 20x20 images, on one device."""
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  batch = sharding.to_global_batch({
+      "image": rng.normal(size=(4, 20, 20, 1)).astype(np.float32),
+      "label": np.array([0, 1, 1, 0], np.int32)}, mesh)
+  schedule = optax.constant_schedule(1e-2)
+  tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
+      name="adamw", weight_decay=1e-4, grad_clip_norm=0.0)), schedule)
+  model = models.create_model(ml_collections.ConfigDict(dict(
+      name=name, dtype="float32", **SMALL_MODELS[name], **model_fields)), 2)
+  state = train.create_train_state(model, tx, (20, 20, 1), seed=0, mesh=mesh)
+  step = train.make_train_step(mesh, schedule)
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  return jax.device_get((state.params, state.batch_stats)), float(metrics["grad_norm"])
+
+
+def assert_same_training(ours, theirs, rtol: float, atol: float) -> None:
+  """Two `three_train_steps` results agree: gradient norms and every variable."""
+  (ours_vars, ours_norm), (their_vars, their_norm) = ours, theirs
+  assert their_norm > 0
+  np.testing.assert_allclose(ours_norm, their_norm, rtol=rtol)
+  assert jax.tree.structure(ours_vars) == jax.tree.structure(their_vars)
+  for a, b in zip(jax.tree.leaves(ours_vars), jax.tree.leaves(their_vars), strict=True):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
