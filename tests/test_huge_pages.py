@@ -26,7 +26,6 @@ def test_keeps_other_tunables():
 
 @pytest.mark.parametrize("environ, glibc, mode", [
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC, "madvise"),  # The user's choice.
-    ({huge_pages.OPT_OUT: "0"}, GLIBC, "madvise"),
     ({}, None, "madvise"),  # Another C library.
     ({}, (2, 34), "madvise"),  # No such tunable yet.
     ({}, GLIBC, "never"),
@@ -51,7 +50,7 @@ def test_reads_the_glibc_version():
 
 _CHILD = textwrap.dedent("""
     import ctypes, os, resource, sys
-    from xray_jax import huge_pages
+    from xray_jax.speed import huge_pages
     pid = os.getpid()
     huge_pages.restart_with_huge_pages()
     faults = []
@@ -83,7 +82,7 @@ def test_restart_keeps_the_command_and_process_and_stops_the_faults(tmp_path):
   assert pid_before == pid_after  # Re-executed in place: launchers still see their process.
   if huge_pages.huge_pages_environ({}, huge_pages.glibc_version(), huge_pages.thp_mode()):
     assert tunables == "glibc.malloc.hugetlb=1"
-    _, _, _, faults_without, _ = _run_child(tmp_path, **{huge_pages.OPT_OUT: "0"})
+    _, _, _, faults_without, _ = _run_child(tmp_path, GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
     assert int(faults_without) > 60_000  # 256 MB in 4 KiB pages: 65,536 faults.
     assert int(faults) < int(faults_without) / 20
   else:  # This kernel or C library gives nothing to restart for.

@@ -1,5 +1,5 @@
-"""xray_jax: convolutional X-ray classifiers in JAX and Flax."""
+"""xray_jax: convolutional X-ray classifiers in JAX and Flax.
 
-from xray_jax.speed import xla_flags
-
-xla_flags.set_defaults()
+Importing the package changes nothing in the process: the binaries set their process-wide
+settings (`speed.xla_flags`, `speed.huge_pages`) in their own `main()`.
+"""

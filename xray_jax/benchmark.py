@@ -23,6 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from xray_jax import cli
 from xray_jax.speed import huge_pages
 from xray_jax.speed.suite import benchmark, format_table, run_torch_reference
 
@@ -44,6 +45,9 @@ flags.DEFINE_string("torch_script", "../shared/peers/torch_baseline/train.py",
                     "The PyTorch reference script (its `speed` command prints RESULT {json}).")
 flags.DEFINE_integer("torch_threads", os.cpu_count() or 1, "--threads of the reference.")
 flags.DEFINE_string("torch_python", sys.executable, "Python that has torch installed.")
+flags.DEFINE_bool("huge_pages", False,
+                  "Restart with glibc's malloc on transparent huge pages, as `xray_jax.main "
+                  "--huge_pages` trains.")
 flags.DEFINE_string("profile_dir", "", "Trace `profile_steps` train steps with jax.profiler "
                     "into this folder and report their time per HLO instruction; empty: skip.")
 flags.DEFINE_integer("profile_steps", 3, "Train steps in the profiler trace.")
@@ -52,7 +56,9 @@ flags.DEFINE_integer("profile_top", 10, "Costliest kinds of HLO instruction, and
 
 def main(argv: list[str]) -> None:
   del argv
-  huge_pages.restart_with_huge_pages()  # Timed as `xray_jax.main` trains; PyTorch inherits it.
+  cli.set_up_process()
+  if FLAGS.huge_pages:  # PyTorch's reference inherits the setting.
+    huge_pages.restart_with_huge_pages()
   config = FLAGS.config
   torch_reference = None
   if FLAGS.compare_torch:

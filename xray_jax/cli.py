@@ -1,9 +1,13 @@
 """Command-line handling shared by the binaries: a mistyped flag, config file or config
-field is reported in one line, with a suggestion where one is known, not a traceback."""
+field is reported in one line, with a suggestion where one is known, not a traceback; and the
+process settings every binary makes before JAX starts."""
 
 import sys
 
 from absl import flags
+
+from xray_jax import logs
+from xray_jax.speed import xla_flags
 
 
 def _one_line(text: str) -> str:
@@ -36,3 +40,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = str(e)
   print(f"error: {_one_line(message)} (see --help)", file=sys.stderr)
   sys.exit(2)
+
+
+def set_up_process() -> None:
+  """What every binary's `main()` does first, before JAX's first computation: the XLA:CPU
+  defaults of `xla_flags` and quieter library logs."""
+  xla_flags.set_defaults()
+  logs.quiet_library_logs()

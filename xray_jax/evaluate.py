@@ -16,7 +16,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import cli, config_checks, errors, logs, sharding, trained
+from xray_jax import cli, config_checks, errors, sharding, trained
 from xray_jax.evaluators import evaluation, stress
 
 FLAGS = flags.FLAGS
@@ -54,7 +54,7 @@ def _evaluation_config(workdir) -> ml_collections.ConfigDict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
+  cli.set_up_process()
   try:
     workdir = pathlib.Path(FLAGS.workdir)
     if FLAGS.stress and (FLAGS.watch or FLAGS.split != "val"):

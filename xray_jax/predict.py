@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
-from xray_jax import cli, errors, logs
+from xray_jax import cli, errors
 from xray_jax.classifier import (
     Prediction,
     classify_files,
@@ -76,7 +76,7 @@ def format_table(predictions: Sequence[Prediction]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  logs.quiet_library_logs()
+  cli.set_up_process()
   output = pathlib.Path(FLAGS.output) if FLAGS.output else None
   saliency_dir = pathlib.Path(FLAGS.saliency_dir) if FLAGS.saliency_dir else None
   try:

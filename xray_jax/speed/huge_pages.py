@@ -1,18 +1,16 @@
-"""Restarts a binary with glibc's malloc on transparent huge pages.
+"""Restarts a binary with glibc's malloc on transparent huge pages (opt-in: `--huge_pages`).
 
-XLA:CPU allocates each execution's temporary buffer (169 MB for the train step of
-configs/pneumonia_cpu.py) and its large outputs with malloc. glibc serves allocations that
-large with a fresh mmap and unmaps them when they are freed, so every train step faults its
-whole working set in again, 4 KiB at a time: 43,000 minor page faults and about 90 ms of
-system time per step there, on a 2-core CPU. With the tunable `glibc.malloc.hugetlb=1` (glibc
-2.35 and later), malloc asks for transparent huge pages, and the same step faults 400-900
-times (README, Speed).
+XLA:CPU allocates each execution's temporary buffer and its large outputs with malloc. glibc
+serves allocations that large with a fresh mmap and unmaps them when they are freed, so every
+train step faults its whole working set in again, 4 KiB at a time. With the tunable
+`glibc.malloc.hugetlb=1` (glibc 2.35 and later), malloc asks for transparent huge pages and
+the faults mostly go away (docs/speed.md has the measurements).
 
-glibc reads tunables only when a process starts, so the training and benchmark binaries call
-`restart_with_huge_pages` first: it re-executes the same command, in the same process, with
-the tunable added to GLIBC_TUNABLES. It does nothing where it cannot help: another C library,
-an older glibc, transparent huge pages set to `never` (or `always`, which needs no advice),
-GLIBC_TUNABLES already naming the tunable, or XRAY_JAX_HUGE_PAGES=0.
+glibc reads tunables only when a process starts, so `restart_with_huge_pages` re-executes the
+same command, in the same process, with the tunable added to GLIBC_TUNABLES. Setting that
+variable before starting the binary does the same without a re-exec. It does nothing where it
+cannot help: another C library, an older glibc, transparent huge pages set to `never` (or
+`always`, which needs no advice), or GLIBC_TUNABLES already naming the tunable.
 """
 
 import os
@@ -24,7 +22,6 @@ from absl import logging
 TUNABLE = "glibc.malloc.hugetlb"
 FIRST_GLIBC = (2, 35)  # The first glibc with the tunable.
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-OPT_OUT = "XRAY_JAX_HUGE_PAGES"
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -51,8 +48,7 @@ def huge_pages_environ(environ: dict[str, str], glibc: tuple[int, int] | None,
                        mode: str | None) -> dict[str, str] | None:
   """The environment to restart with, or None when a restart would not help."""
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if (environ.get(OPT_OUT) == "0" or glibc is None or glibc < FIRST_GLIBC
-      or mode != "madvise" or TUNABLE in tunables):
+  if glibc is None or glibc < FIRST_GLIBC or mode != "madvise" or TUNABLE in tunables:
     return None
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, f"{TUNABLE}=1")))}
 
@@ -63,8 +59,7 @@ def restart_with_huge_pages() -> None:
   environ = huge_pages_environ(dict(os.environ), glibc_version(), thp_mode())
   if environ is None or not sys.executable:
     return
-  logging.info("Restarting with GLIBC_TUNABLES=%s (set %s=0 to skip)",
-               environ["GLIBC_TUNABLES"], OPT_OUT)
+  logging.info("Restarting with GLIBC_TUNABLES=%s", environ["GLIBC_TUNABLES"])
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, environ)
