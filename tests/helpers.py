@@ -7,6 +7,7 @@ import os
 import pathlib
 import pty
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -223,3 +224,11 @@ def assert_same_training(ours, theirs, rtol: float, atol: float) -> None:
   assert jax.tree.structure(ours_vars) == jax.tree.structure(their_vars)
   for a, b in zip(jax.tree.leaves(ours_vars), jax.tree.leaves(their_vars), strict=True):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def assert_each_log_line_once(log: str) -> None:
+  """No message of an absl log (the text after `file:line]`) is printed twice."""
+  messages = [line.split("] ", 1)[1] for line in log.splitlines() if "] " in line]
+  repeated = {m for m in messages if messages.count(m) > 1}
+  assert not repeated, f"printed more than once: {sorted(repeated)}"
+

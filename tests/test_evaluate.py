@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import sklearn.metrics
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, assert_each_log_line_once
 
 from xray_jax import errors, trained
 from xray_jax import workdir as workdir_lib
@@ -122,7 +122,9 @@ def test_evaluate_binary(trained_workdir, tmp_path):
   workdir, result = _evaluate_copy(trained_workdir, tmp_path, "--split=test", "--checkpoint=4",
                                    "--config=configs/pneumonia.py")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "test step 4 (threshold 0.500): accuracy" in result.stderr
+  assert result.stderr.count("test step 4 at 0.5: accuracy") == 1
+  assert "operating point" not in result.stderr  # The fixed 0.5: the same figures.
+  assert_each_log_line_once(result.stderr)
   assert "read only" not in result.stderr  # Orbax's note on read-only checkpoints.
   assert json.loads((workdir / "eval" / "test_step4.json").read_text())["step"] == 4
 

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT, run_in_terminal
+from helpers import REPO_ROOT, assert_each_log_line_once, run_in_terminal
+
+from xray_jax.speed import huge_pages
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +43,8 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   assert any("val/auc" in m for m in metrics)
   assert (workdir / "checkpoints" / "6").is_dir()
   assert "Resumed" not in result.stderr
+  assert "Restarting with" not in result.stderr  # No re-exec unless asked for.
+  assert_each_log_line_once(result.stderr)
   assert "libtpu" not in result.stderr  # No misleading TPU message on a CPU machine.
   assert "Step 1 done in" in result.stderr and "compilation included" in result.stderr
   assert "step 6/6 epoch" in result.stderr  # Not a terminal: log lines, no progress bar.
@@ -49,9 +53,12 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   assert f"python -m xray_jax.evaluate --workdir={workdir} --checkpoint=best" in result.stderr
 
   longer = [a.replace("num_train_steps=6", "num_train_steps=9") for a in args]
-  more = run_main(*longer)
+  more = run_main(*longer, "--huge_pages")
   assert more.returncode == 0, more.stderr[-3000:]
-  assert "Resumed from the checkpoint of step 6" in more.stderr
+  assert more.stderr.count("Resumed from the checkpoint of step 6") == 1
+  restarts = more.stderr.count("Restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+  assert restarts == (1 if huge_pages.huge_pages_environ(
+      {}, huge_pages.glibc_version(), huge_pages.thp_mode()) else 0)
   assert (workdir / "checkpoints" / "9").is_dir()
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   assert lines[:len(first_lines)] == first_lines  # Appended: nothing lost.

@@ -11,7 +11,14 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-from helpers import REPO_ROOT, make_dicom, run_in_terminal, write_dicom, write_image
+from helpers import (
+  REPO_ROOT,
+  assert_each_log_line_once,
+  make_dicom,
+  run_in_terminal,
+  write_dicom,
+  write_image,
+)
 
 from xray_jax import classifier, predict, trained
 from xray_jax.evaluators import evaluation
@@ -69,13 +76,16 @@ def test_predict_binary_outputs_and_exit_code(trained_workdir, new_images, tmp_p
   folder, single = new_images
   output = tmp_path / "out" / "preds.json"
   saliency = tmp_path / "out" / "saliency"
-  command = [sys.executable, "-m", "xray_jax.predict", f"--workdir={trained_workdir}",
-             f"--output={output}", f"--saliency_dir={saliency}", str(folder), str(single)]
+  command = [sys.executable, "-m", "xray_jax.predict", "--alsologtostderr",
+             f"--workdir={trained_workdir}", f"--output={output}", f"--saliency_dir={saliency}",
+             str(folder), str(single)]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=600, env=env)
   assert result.returncode == 1  # One file could not be read ...
   assert "failed: " in result.stderr and "broken.png: cannot read image" in result.stderr
+  assert "Wrote 3 predictions to" in result.stderr
+  assert_each_log_line_once(result.stderr)
   written = json.loads(output.read_text())  # ... the others are classified.
   rows = written["predictions"]
   assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == ["a.png", "b.jpeg", "c.jpg"]

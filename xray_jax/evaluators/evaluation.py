@@ -65,15 +65,18 @@ def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bin
 
 
 def _log_summary(split: str, step: int, report: dict) -> None:
-  for name, block in (("0.5", report["at_0.5"]), ("operating point",
-                                                   report.get("at_operating_point"))):
-    if block is None:
-      continue
+  """One log line for the figures at 0.5, and one for the operating point where it differs."""
+  blocks = [("at 0.5", report["at_0.5"])]
+  chosen = report.get("at_operating_point")
+  if chosen is not None and chosen != report["at_0.5"]:
+    threshold = chosen.get("positive_class", {}).get("threshold")
+    blocks.append(("at the operating point" + (
+        "" if threshold is None else f", threshold {threshold:.3f}"), chosen))
+  for name, block in blocks:
     positive = block.get("positive_class") or block["macro"]
     logging.info(
-        "%s step %d (%s): accuracy %.4f, sensitivity %.4f, specificity %.4f, precision "
-        "%.4f, F1 %.4f, ROC AUC %s, n=%d", split, step,
-        name if "threshold" not in positive else f"threshold {positive['threshold']:.3f}",
+        "%s step %d %s: accuracy %.4f, sensitivity %.4f, specificity %.4f, precision "
+        "%.4f, F1 %.4f, ROC AUC %s, n=%d", split, step, name,
         block["accuracy"], positive["recall"], positive["specificity"], positive["precision"],
         positive["f1"], "n/a" if positive["roc_auc"] is None else f"{positive['roc_auc']:.4f}",
         block["num_examples"])
