@@ -1,5 +1,7 @@
-"""Shared fixtures: 8 CPU devices, parsed absl flags, and small generated datasets."""
+"""Shared fixtures: 8 CPU devices, parsed absl flags, small generated datasets, and the
+`cluster` marker's check for system tools."""
 
+import os
 import pathlib
 
 import jax
@@ -9,9 +11,21 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
-from helpers import make_dataset, tiny_config  # noqa: E402
+from helpers import cluster_test_verdict, make_dataset, tiny_config  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+  """Skips a `cluster` test whose system tools are missing, saying what to install; fails it
+  instead where XRAY_JAX_REQUIRE_CLUSTER_TESTS=1 (CI), so CI never skips it silently."""
+  marker = item.get_closest_marker("cluster")
+  if marker is None:
+    return
+  verdict = cluster_test_verdict(marker.args, marker.kwargs.get("root", False), dict(os.environ))
+  if verdict is not None:
+    action, reason = verdict
+    (pytest.fail if action == "fail" else pytest.skip)(reason)
 
 
 @pytest.fixture

@@ -232,3 +232,24 @@ def assert_each_log_line_once(log: str) -> None:
   repeated = {m for m in messages if messages.count(m) > 1}
   assert not repeated, f"printed more than once: {sorted(repeated)}"
 
+
+# The Debian packages of the system tools that `cluster`-marked tests run.
+CLUSTER_PACKAGES = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "sbatch": "slurm-wlm",
+                    "munged": "munge", "shellcheck": "shellcheck"}
+REQUIRE_CLUSTER_TESTS = "XRAY_JAX_REQUIRE_CLUSTER_TESTS"  # 1: a missing tool fails the test.
+
+
+def cluster_test_verdict(tools: tuple[str, ...], needs_root: bool, environ: dict[str, str],
+                         which=shutil.which, euid: int | None = None) -> tuple[str, str] | None:
+  """None when a `cluster` test can run, else ("skip" or "fail", the reason): what is
+  missing and how to install it. Fails instead of skipping where REQUIRE_CLUSTER_TESTS=1."""
+  missing = [tool for tool in tools if which(tool) is None]
+  euid = os.geteuid() if euid is None else euid
+  if not missing and (euid == 0 or not needs_root):
+    return None
+  packages = sorted({CLUSTER_PACKAGES[pathlib.Path(tool).name] for tool in missing})
+  needs = [f"{', '.join(missing)} (apt-get install {' '.join(packages)})"] if missing else []
+  if needs_root and euid != 0:
+    needs.append("root, to start the daemons")
+  verdict = "fail" if environ.get(REQUIRE_CLUSTER_TESTS) == "1" else "skip"
+  return verdict, f"needs {' and '.join(needs)}"

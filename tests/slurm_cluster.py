@@ -1,6 +1,7 @@
 """A real single-node SLURM cluster (munged, slurmctld, slurmd) in a temporary directory,
 for the launcher tests. Needs root and Debian's `slurm-wlm` and `munge` (.ci/run installs
-them); it raises, never skips, when a daemon does not come up."""
+them; the `cluster` marker skips its tests without them); it raises when a daemon that is
+installed does not come up."""
 
 import os
 import pathlib

@@ -38,6 +38,7 @@ CREATE = ("compute tpus tpu-vm create xray-v5e --zone=us-west4-a "
 DELETE = "compute tpus tpu-vm delete xray-v5e --zone=us-west4-a --quiet"
 
 
+@pytest.mark.cluster("shellcheck")
 def test_shellcheck_passes_on_every_launcher():
   assert {"launch/local.sh", "launch/tpu_vm.sh", "launch/slurm/train.sbatch"} <= set(SCRIPTS)
   result = subprocess.run(["shellcheck", "--shell=bash", *SCRIPTS], cwd=REPO_ROOT,

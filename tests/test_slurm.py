@@ -20,7 +20,8 @@ from helpers import (
 )
 from slurm_cluster import SlurmCluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster(
+    "slurmctld", "slurmd", "sbatch", "/usr/sbin/munged", root=True)]
 
 STEPS = ["--config.training.num_train_steps=200", "--config.training.log_every_steps=1",
          "--config.training.eval_every_steps=100", "--config.training.checkpoint_every_steps=100"]
