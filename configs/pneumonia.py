@@ -191,6 +191,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Test-time augmentation in evaluate and predict: probabilities averaged over the image and
   # these views: none, or a list of hflip (mirror), shift (4 moves of 4%), zoom (x1.1).
   config.evaluation.tta = "none"
+  # Confidence intervals of binary reports (ROC AUC, accuracy, sensitivity, specificity):
+  # percentile bootstrap over patients (data.group_pattern), else images. 0 disables.
+  config.evaluation.bootstrap_resamples = 1000
+  config.evaluation.confidence_level = 0.95  # Coverage of those intervals, in (0, 1).
 
   if arg.runlocal:
     config.data.image_size = min(arg.res, 64)

@@ -126,7 +126,68 @@ def test_evaluate_binary(trained_workdir, tmp_path):
   assert "operating point" not in result.stderr  # The fixed 0.5: the same figures.
   assert_each_log_line_once(result.stderr)
   assert "read only" not in result.stderr  # Orbax's note on read-only checkpoints.
-  assert json.loads((workdir / "eval" / "test_step4.json").read_text())["step"] == 4
+  report = json.loads((workdir / "eval" / "test_step4.json").read_text())
+  assert report["step"] == 4
+  intervals = report["intervals"]  # Generated images are patients of their own.
+  assert intervals["unit"] == "image" and intervals["groups"] == report["at_0.5"]["num_examples"]
+  assert intervals["level"] == 0.95 and intervals["resamples"] == 1000
+  positive = report["at_0.5"]["positive_class"]
+  for name, value in (("accuracy", report["at_0.5"]["accuracy"]),
+                      ("sensitivity", positive["recall"]),
+                      ("roc_auc", positive["roc_auc"])):
+    low, high = intervals["at_0.5"][name]
+    assert low <= value <= high, name
+  assert intervals["at_0.5"]["roc_auc"][0] < intervals["at_0.5"]["roc_auc"][1]
+  low, high = intervals["at_0.5"]["accuracy"]
+  assert f"accuracy {report['at_0.5']['accuracy']:.4f} ({low:.4f}-{high:.4f})" in result.stderr
+  assert "test step 4 intervals: 95% percentile bootstrap, 1000 resamples" in result.stderr
+
+
+def test_compare_pairs_two_checkpoints_on_the_same_images(trained_workdir, tmp_path):
+  workdir, other = tmp_path / "work", tmp_path / "other"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.copytree(trained_workdir, other)
+  config = evaluation_config("fixed")
+  config.update(fixed_threshold=0.5, bootstrap_resamples=200)
+  found = evaluation.compare_runs(workdir, other, "test", (6, 2), config)
+  ours = json.loads(evaluation.report_path(workdir, "test", 6).read_text())
+  theirs = json.loads(evaluation.report_path(other, "test", 2).read_text())
+  auc = found["a_minus_b"]["roc_auc"]
+  assert auc["a"] == pytest.approx(ours["at_0.5"]["positive_class"]["roc_auc"])
+  assert auc["b"] == pytest.approx(theirs["at_0.5"]["positive_class"]["roc_auc"])
+  assert auc["difference"] == pytest.approx(auc["a"] - auc["b"])
+  assert auc["low"] <= auc["difference"] <= auc["high"]
+  assert found["a"]["step"] == 6 and found["b"]["step"] == 2 and found["resamples"] == 200
+  written = workdir / "eval" / "compare_test_step6_vs_other_step2.json"
+  assert json.loads(written.read_text()) == found
+  itself = evaluation.compare_runs(workdir, workdir, "test", (6, 6), config)
+  assert all(f["difference"] == 0 and f["low"] == f["high"] == 0
+             for f in itself["a_minus_b"].values())
+
+
+def test_compare_refuses_runs_on_different_images(trained_workdir, tmp_path):
+  workdir, other = tmp_path / "work", tmp_path / "other"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.copytree(trained_workdir, other)
+  saved = json.loads((other / "config.json").read_text())
+  shutil.copytree(saved["data"]["dir"], tmp_path / "other_data")
+  next((tmp_path / "other_data" / "test").rglob("*.png")).unlink()
+  saved["data"]["dir"] = str(tmp_path / "other_data")
+  (other / "config.json").write_text(json.dumps(saved))
+  config = evaluation_config("fixed")
+  config.fixed_threshold = 0.5
+  with pytest.raises(errors.DataError, match="different test images"):
+    evaluation.compare_runs(workdir, other, "test", (6, 6), config)
+
+
+def test_intervals_resample_patients_by_the_group_pattern():
+  config = ml_collections.ConfigDict(dict(
+      group_pattern=r"(?:^|/)(person\d+|(?:NORMAL2-)?IM-\d+)[_-][^/]*$"))
+  records = [{"path": f"/d/test/{name}", "label": 0} for name in (
+      "PNEUMONIA/person7_bacteria_1.jpeg", "PNEUMONIA/person7_virus_2.jpeg",
+      "NORMAL/IM-0003-0001.jpeg", "NORMAL/NORMAL2-IM-0003-0001.jpeg")]
+  assert evaluation.record_groups(records, config) == [
+      "person7", "person7", "IM-0003", "NORMAL2-IM-0003"]
 
 
 def test_watch_started_before_the_trainer_waits_for_the_run(trained_workdir, tmp_path):

@@ -114,6 +114,11 @@ def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
              evaluation.get("fixed_threshold"), "a value in (0, 1)")
   _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
            evaluation.target_sensitivity, "a value in (0, 1]")
+  resamples = evaluation.get("bootstrap_resamples", 1000)
+  _require(isinstance(resamples, int) and resamples >= 0, "evaluation.bootstrap_resamples",
+           resamples, "0 (no intervals) or a number of resamples")
+  level = evaluation.get("confidence_level", 0.95)
+  _require(0 < level < 1, "evaluation.confidence_level", level, "a value in (0, 1)")
   tta.configured_views(evaluation)  # Raises ConfigError for an unknown view.
   _require(evaluation.calibration_bins >= 1, "evaluation.calibration_bins",
            evaluation.calibration_bins, "a positive integer")

@@ -30,9 +30,10 @@ class Splits:
   new_split: dict | None = None
 
 
-def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
+def match_groups(names: Sequence[str], pattern: str) -> tuple[list[str], int]:
   """The group of each name: the first group of `pattern`'s first match in it (the patient
-  id), else the name itself, so an unmatched file is a patient of its own."""
+  id), else the name itself, so an unmatched file is a patient of its own; and how many
+  names did not match."""
   regex = re.compile(pattern)
   groups, unmatched = [], 0
   for name in names:
@@ -42,6 +43,12 @@ def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
     else:
       groups.append(name)
       unmatched += 1
+  return groups, unmatched
+
+
+def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
+  """`match_groups` for a validation split, saying in the log what the unmatched mean."""
+  groups, unmatched = match_groups(names, pattern)
   if names and unmatched == len(names):
     logging.warning(
         "none of the %d file paths matches data.group_pattern=%r: each image is its own "

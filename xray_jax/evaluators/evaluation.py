@@ -2,6 +2,7 @@
 checkpoint on a split, and watching a training run (`xray_jax.evaluate` is its binary)."""
 
 import csv
+import dataclasses
 import io
 import json
 import pathlib
@@ -17,7 +18,7 @@ from xray_jax import checkpointing, errors, inference, sharding, trained
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, shifts, splits
 from xray_jax.data.records import Record
-from xray_jax.evaluators import calibration, metrics, plots, tta
+from xray_jax.evaluators import bootstrap, calibration, metrics, plots, tta
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
@@ -51,35 +52,88 @@ def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bin
   title = f"{prefix.name.replace('_', ' ')}"
   positives = [1] if len(class_names) == 2 else range(len(class_names))
   suffix = lambda c: "" if len(class_names) == 2 else f"_{class_names[c]}"
+  key = "at_operating_point" if "at_operating_point" in report else "at_0.5"
+  intervals = report.get("intervals", {}).get(key, {})
+  level = f"{100 * report['intervals']['level']:g}% CI" if intervals else ""
+  caption = lambda name: (f"{level} {intervals[name][0]:.3f}-{intervals[name][1]:.3f}"
+                          if intervals and None not in intervals[name] else "")
   for c in positives:
     plots.plot_roc(labels == c, probs[:, c], f"{prefix}_roc{suffix(c)}.png",
-                   f"ROC, {class_names[c]}: {title}")
+                   f"ROC, {class_names[c]}: {title}", caption("roc_auc"))
     plots.plot_precision_recall(labels == c, probs[:, c], f"{prefix}_pr{suffix(c)}.png",
                                 f"Precision-recall, {class_names[c]}: {title}")
-  chosen = report.get("at_operating_point") or report["at_0.5"]
+  chosen = report[key]
   threshold = chosen.get("positive_class", {}).get("threshold")
+  figures = "".join(f"\n{name} {value:.3f} ({caption(name)})" for name, value in (
+      ("accuracy", chosen["accuracy"]),
+      ("sensitivity", chosen.get("positive_class", {}).get("recall")),
+      ("specificity", chosen.get("positive_class", {}).get("specificity")))
+      if caption(name) and value is not None)
   plots.plot_confusion_matrix(
       np.array(chosen["confusion_matrix"]), list(class_names), f"{prefix}_confusion.png",
-      f"{title}" + (f", threshold {threshold:.3f}" if threshold is not None else ""))
+      f"{title}" + (f", threshold {threshold:.3f}" if threshold is not None else "") + figures)
   plots.plot_reliability(probs, labels, f"{prefix}_reliability.png", title, bins)
 
 
+def _figure(name: str, value: float | None, interval: list[float | None] | None) -> str:
+  """`name 0.8284`, with ` (0.7800-0.8700)` where an interval is known."""
+  if value is None:
+    return f"{name} n/a"
+  if interval is None or None in interval:
+    return f"{name} {value:.4f}"
+  return f"{name} {value:.4f} ({interval[0]:.4f}-{interval[1]:.4f})"
+
+
 def _log_summary(split: str, step: int, report: dict) -> None:
-  """One log line for the figures at 0.5, and one for the operating point where it differs."""
-  blocks = [("at 0.5", report["at_0.5"])]
+  """One log line for the figures at 0.5, and one for the operating point where it differs;
+  binary figures with their bootstrap intervals."""
+  blocks = [("at_0.5", "at 0.5")]
   chosen = report.get("at_operating_point")
   if chosen is not None and chosen != report["at_0.5"]:
     threshold = chosen.get("positive_class", {}).get("threshold")
-    blocks.append(("at the operating point" + (
-        "" if threshold is None else f", threshold {threshold:.3f}"), chosen))
-  for name, block in blocks:
+    blocks.append(("at_operating_point", "at the operating point" + (
+        "" if threshold is None else f", threshold {threshold:.3f}")))
+  for key, name in blocks:
+    block = report[key]
     positive = block.get("positive_class") or block["macro"]
-    logging.info(
-        "%s step %d %s: accuracy %.4f, sensitivity %.4f, specificity %.4f, precision "
-        "%.4f, F1 %.4f, ROC AUC %s, n=%d", split, step, name,
-        block["accuracy"], positive["recall"], positive["specificity"], positive["precision"],
-        positive["f1"], "n/a" if positive["roc_auc"] is None else f"{positive['roc_auc']:.4f}",
-        block["num_examples"])
+    intervals = report.get("intervals", {}).get(key, {})
+    figures = [_figure("accuracy", block["accuracy"], intervals.get("accuracy")),
+               _figure("sensitivity", positive["recall"], intervals.get("sensitivity")),
+               _figure("specificity", positive["specificity"], intervals.get("specificity")),
+               _figure("precision", positive["precision"], None),
+               _figure("F1", positive["f1"], None),
+               _figure("ROC AUC", positive["roc_auc"], intervals.get("roc_auc"))]
+    logging.info("%s step %d %s: %s, n=%d", split, step, name, ", ".join(figures),
+                 block["num_examples"])
+  if "intervals" in report:
+    logging.info("%s step %d intervals: %g%% percentile bootstrap, %d resamples of its %d %ss",
+                 split, step, 100 * report["intervals"]["level"],
+                 report["intervals"]["resamples"], report["intervals"]["groups"],
+                 report["intervals"]["unit"])
+
+
+def record_groups(records: Sequence[Record], data_config: ml_collections.ConfigDict) -> list[str]:
+  """The patient of each record by `data.group_pattern` (else each image is its own)."""
+  return splits.match_groups([str(r["path"]) for r in records],
+                             data_config.get("group_pattern") or "(?!)")[0]
+
+
+def _intervals(records: Sequence[Record], probs: np.ndarray, labels: np.ndarray,
+               thresholds: dict[str, float], data_config: ml_collections.ConfigDict,
+               evaluation_config: ml_collections.ConfigDict) -> dict | None:
+  """Bootstrap intervals of a binary report's figures at each of `thresholds` (report key ->
+  threshold), resampling patients; None beyond two classes or with 0 resamples."""
+  resamples = evaluation_config.get("bootstrap_resamples", 1000)
+  if probs.shape[1] != 2 or not resamples:
+    return None
+  groups = record_groups(records, data_config)
+  level = evaluation_config.get("confidence_level", 0.95)
+  found = {"level": level, "resamples": resamples, "unit": bootstrap.unit(groups),
+           "groups": len(set(groups))}
+  for key, threshold in thresholds.items():
+    found[key] = bootstrap.confidence_intervals(labels == 1, probs[:, 1], threshold, groups,
+                                                resamples, level)
+  return found
 
 
 def _check_finite(probs: np.ndarray, records: Sequence[Record], run: trained.TrainedRun) -> None:
@@ -177,7 +231,26 @@ def evaluate_checkpoint(
   metrics at 0.5 and at that threshold. With `members` (other runs, on the same validation
   images), the runs' probabilities are averaged: an ensemble, reported as ensemble_*.
   """
-  mesh = mesh or sharding.make_mesh()
+  return _evaluate(workdir, split, checkpoint, evaluation_config, data_dir,
+                   mesh or sharding.make_mesh(), members).report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluated:
+  """A checkpoint's report on a split, with the predictions it was made from."""
+
+  report: dict
+  records: list[Record]
+  probs: np.ndarray  # [N, classes], after the temperature.
+  labels: np.ndarray
+  data_config: ml_collections.ConfigDict
+
+
+def _evaluate(
+    workdir: str | pathlib.Path, split: str, checkpoint: str | int,
+    evaluation_config: ml_collections.ConfigDict, data_dir: str | None,
+    mesh: jax.sharding.Mesh, members: Sequence[trained.TrainedRun] = (),
+) -> _Evaluated:
   run = trained.load(workdir, checkpoint, mesh)
   _check_members(run, members)
   data_config = trained.data_config(run.config, data_dir)
@@ -195,9 +268,14 @@ def evaluate_checkpoint(
             "operating_point": point,
             **({"members": trained.member_names(members)} if members else {}),
             "at_0.5": metrics.classification_report(probs, labels, names)}
+  thresholds = {"at_0.5": 0.5}
   if point.get("threshold") is not None:
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
+    thresholds["at_operating_point"] = point["threshold"]
+  intervals = _intervals(records, probs, labels, thresholds, data_config, evaluation_config)
+  if intervals is not None:
+    report["intervals"] = intervals
   if jax.process_index() == 0:
     prefix = run.workdir / workdir_lib.EVAL / f"{name}_step{run.step}"
     _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
@@ -206,7 +284,56 @@ def evaluate_checkpoint(
     workdir_lib.write_atomically(report_path(run.workdir, name, run.step),
                                  json.dumps(report, indent=1))
   _log_summary(name, run.step, report)
-  return report
+  return _Evaluated(report, list(records), probs, labels, data_config)
+
+
+def compare_runs(
+    workdir: str | pathlib.Path, other: str | pathlib.Path, split: str,
+    checkpoints: tuple[str | int, str | int], evaluation_config: ml_collections.ConfigDict,
+    data_dir: str | None = None, mesh: jax.sharding.Mesh | None = None,
+) -> dict:
+  """Evaluates a checkpoint of two runs on the same images of `split`, then pairs them:
+  each figure of `workdir`'s run minus `other`'s, with a paired bootstrap interval and
+  p-value (resampling patients), each run at its own operating point. Writes
+  WORKDIR/eval/compare_*.json and returns it."""
+  mesh = mesh or sharding.make_mesh()
+  ours = _evaluate(workdir, split, checkpoints[0], evaluation_config, data_dir, mesh)
+  theirs = _evaluate(other, split, checkpoints[1], evaluation_config, data_dir, mesh)
+  paths = [str(r["path"]) for r in ours.records]
+  position = {str(r["path"]): i for i, r in enumerate(theirs.records)}
+  if sorted(paths) != sorted(position):
+    raise errors.DataError(f"{workdir} and {other} have different {split} images: a paired "
+                           "comparison needs the same ones (pass --data_dir)")
+  order = np.array([position[path] for path in paths])
+  if ours.probs.shape[1] != 2 or not np.array_equal(ours.labels, theirs.labels[order]):
+    raise errors.DataError(f"{workdir} and {other}: a paired comparison needs two classes "
+                           "and the same labels")
+  thresholds = tuple(float(e.report["operating_point"].get("threshold", 0.5))
+                     for e in (ours, theirs))
+  groups = record_groups(ours.records, ours.data_config)
+  resamples = evaluation_config.get("bootstrap_resamples", 1000) or 1000
+  level = evaluation_config.get("confidence_level", 0.95)
+  runs = [{"workdir": str(pathlib.Path(w).resolve()), "step": e.report["step"],
+           "threshold": threshold}
+          for w, e, threshold in zip((workdir, other), (ours, theirs), thresholds, strict=True)]
+  comparison = {
+      "split": split, "a": runs[0], "b": runs[1], "num_examples": len(paths),
+      "level": level, "resamples": resamples, "unit": bootstrap.unit(groups),
+      "groups": len(set(groups)),
+      "a_minus_b": bootstrap.paired_difference(
+          ours.labels == 1, ours.probs[:, 1], theirs.probs[order, 1], thresholds, groups,
+          resamples, level)}
+  name = (f"compare_{split}_step{runs[0]['step']}_vs_{pathlib.Path(other).resolve().name}"
+          f"_step{runs[1]['step']}.json")
+  if jax.process_index() == 0:
+    workdir_lib.write_atomically(pathlib.Path(workdir) / workdir_lib.EVAL / name,
+                                 json.dumps(metrics.json_safe(comparison), indent=1))
+  for figure, found in comparison["a_minus_b"].items():
+    logging.info("%s %s: %.4f - %.4f = %+.4f (%g%% interval %s), p=%s", split, figure,
+                 found["a"], found["b"], found["difference"], 100 * level,
+                 "n/a" if found["low"] is None else f"{found['low']:+.4f} to {found['high']:+.4f}",
+                 "n/a" if found["p_value"] is None else f"{found['p_value']:.3f}")
+  return comparison
 
 
 def watch(

@@ -239,12 +239,12 @@ def _mean_ignoring_nan(values: list[float]) -> float:
   return float(values.mean()) if values.size else float("nan")
 
 
-def _json_safe(value):
+def json_safe(value):
   """Nested dicts/lists with NumPy scalars as Python numbers and NaN as None."""
   if isinstance(value, dict):
-    return {key: _json_safe(item) for key, item in value.items()}
+    return {key: json_safe(item) for key, item in value.items()}
   if isinstance(value, list | tuple | np.ndarray):
-    return [_json_safe(item) for item in value]
+    return [json_safe(item) for item in value]
   if isinstance(value, np.integer | np.bool_):
     return value.item()
   if isinstance(value, float | np.floating):
@@ -289,4 +289,4 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: li
   if num_classes == 2:
     report["positive_class"] = {"name": class_names[1], **per_class[class_names[1]],
                                 "threshold": threshold}
-  return _json_safe(report)
+  return json_safe(report)

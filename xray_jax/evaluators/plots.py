@@ -37,12 +37,14 @@ def _unit_square(axes: Axes, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def plot_roc(is_positive: np.ndarray, scores: np.ndarray, path: PathLike,
-             title: str = "ROC curve") -> pathlib.Path:
-  """One-vs-rest ROC curve with its AUC and the chance diagonal."""
+             title: str = "ROC curve", interval: str = "") -> pathlib.Path:
+  """One-vs-rest ROC curve with its AUC (and `interval`, e.g. "95% CI 0.93-0.97") and the
+  chance diagonal."""
   fpr, tpr, _ = metrics.roc_curve(is_positive, scores)
   auc = metrics.roc_auc(is_positive, scores)
   # Single-class data has no curve; still write the figure so a per-class loop never fails.
   label = "AUC undefined (one class)" if np.isnan(auc) else f"AUC = {auc:.3f}"
+  label += f" ({interval})" if interval and not np.isnan(auc) else ""
   figure, axes = _new_figure()
   axes.plot(fpr, tpr, color="tab:blue", lw=2, label=label)
   axes.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="Chance")
