@@ -6,9 +6,11 @@ measured in the same process, and on known accelerators the MFU.
       --config.training.global_batch_size=32 --steps=20 --json=/tmp/bench.json
   # with the input pipeline (JPEG decoding and augmentation, as in training)
   python -m xray_jax.benchmark --config=configs/pneumonia_cpu.py --data_dir=/path/to/chest_xray
-  # side by side with the plain-PyTorch reference, alternating, 3 rounds (pip install .[bench])
+  # side by side with a plain-PyTorch reference script, alternating, 3 rounds
+  # (torch from pip install -e '.[bench]')
   python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
-      --config.training.global_batch_size=32 --compare_torch --rounds=3
+      --config.training.global_batch_size=32 --compare_torch \
+      --torch_script=/path/to/torch_reference.py --rounds=3
   # where the step's time goes: a profiler trace, summed per HLO instruction and kind
   python -m xray_jax.benchmark --config=configs/pneumonia.py --profile_dir=/tmp/profile
 
@@ -41,8 +43,8 @@ flags.DEFINE_integer("input_batches", 20, "Timed batches of the input pipeline, 
 flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
 flags.DEFINE_bool("compare_torch", False, "Run the PyTorch reference in a subprocess after "
                   "each round with the same model, input size and batch; report the ratio.")
-flags.DEFINE_string("torch_script", "../shared/peers/torch_baseline/train.py",
-                    "The PyTorch reference script (its `speed` command prints RESULT {json}).")
+flags.DEFINE_string("torch_script", "", "The plain-PyTorch reference script (its `speed` "
+                    "command prints RESULT {json}); required with --compare_torch.")
 flags.DEFINE_integer("torch_threads", os.cpu_count() or 1, "--threads of the reference.")
 flags.DEFINE_string("torch_python", sys.executable, "Python that has torch installed.")
 flags.DEFINE_bool("huge_pages", False,
@@ -56,6 +58,9 @@ flags.DEFINE_integer("profile_top", 10, "Costliest kinds of HLO instruction, and
 
 def main(argv: list[str]) -> None:
   del argv
+  if FLAGS.compare_torch and not FLAGS.torch_script:
+    raise app.UsageError("--compare_torch needs --torch_script=PATH, the plain-PyTorch "
+                         "reference script")
   cli.set_up_process()
   if FLAGS.huge_pages:  # PyTorch's reference inherits the setting.
     huge_pages.restart_with_huge_pages()
