@@ -124,6 +124,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # train step, one bilinear resampling per image; the workers then only read and batch, and
   # an accelerator does the rest at little cost). Same transforms and ranges, other draws.
   config.data.augment_on = "host"
+  # Named evaluation sets beside validation, evaluated at every evaluation step and by name
+  # in `xray_jax.evaluate --split=NAME`: "NAME=test" (the source's test split) or
+  # "NAME=FOLDER" (FOLDER/{CLASS}/*), comma separated; e.g. "external=test".
+  config.data.eval_sets = ""
   config.data.augment = ml_collections.ConfigDict()  # Train split only.
   config.data.augment.rotation_degrees = 10.0  # Uniform rotation in [-r, r] degrees.
   config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];
@@ -165,7 +169,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.log_every_steps = 50  # Train metrics: log line, JSON lines, TensorBoard.
   config.training.eval_every_steps = -1  # Validation; -1: once per epoch.
   config.training.checkpoint_every_steps = -1  # -1: once per epoch; always at the end.
-  config.training.keep_checkpoints = 3  # The latest K are kept, plus the best by val AUC.
+  config.training.keep_checkpoints = 3  # The latest K are kept, plus the best (below).
+  # What "best" ranks checkpoints by: SET/METRIC, SET val or a name of data.eval_sets,
+  # METRIC auc, accuracy or nll (lower is better); e.g. external/auc.
+  config.training.best_metric = "val/auc"
   # A damaged latest checkpoint (its files differ from their digests): true moves it to
   # WORKDIR/checkpoints_damaged/ with a warning and resumes from the newest intact one;
   # false stops with an error that names it.

@@ -48,7 +48,7 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   assert "libtpu" not in result.stderr  # No misleading TPU message on a CPU machine.
   assert "Step 1 done in" in result.stderr and "compilation included" in result.stderr
   assert "step 6/6 epoch" in result.stderr  # Not a terminal: log lines, no progress bar.
-  assert (f"Finished at step 6. Best checkpoint: step {best_step(workdir)} (validation AUC"
+  assert (f"Finished at step 6. Best checkpoint: step {best_step(workdir)} by val/auc"
           in result.stderr)
   assert f"python -m xray_jax.evaluate --workdir={workdir} --checkpoint=best" in result.stderr
 

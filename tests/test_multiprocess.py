@@ -20,8 +20,9 @@ def _free_port() -> int:
 
 
 def _launch(workdir, dataset_dir, devices_per_process: int, process_args: list[list[str]]):
+  external = f"--config.data.eval_sets=external={dataset_dir / 'train'}"  # A class folder.
   procs = [subprocess.Popen(
-      trainer_command(workdir, dataset_dir, *STEPS, *extra), cwd=REPO_ROOT,
+      trainer_command(workdir, dataset_dir, *STEPS, external, *extra), cwd=REPO_ROOT,
       env=cpu_env(devices_per_process), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True)
       for extra in process_args]
@@ -43,7 +44,9 @@ def test_two_processes_train_like_one(dataset_dir, tmp_path):
   def metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
-  # Same batches in the same global order, same dropout masks: the same numbers.
+  # Same batches in the same global order, same dropout masks: the same numbers, on
+  # validation and on the named evaluation set alike.
+  assert sum("external/auc" in m for m in metrics(multi)) == 2
   for a, b in zip(metrics(single), metrics(multi), strict=True):
     assert a.keys() == b.keys() and a["step"] == b["step"]
     for key in a:

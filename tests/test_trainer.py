@@ -6,10 +6,11 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import make_dataset, tiny_config
 
 from xray_jax import checkpointing, errors, inference, models, optimizers, sharding, train, trained
 from xray_jax.data import datasets
+from xray_jax.evaluators import evaluation
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +204,48 @@ def test_checkpoint_is_saved_before_validation_and_best_is_among_validated(
 def test_batch_not_divisible_by_devices_is_reported(dataset_dir, tmp_path):
   with pytest.raises(errors.ConfigError, match="training.global_batch_size=12.*8 devices"):
     train.train_and_evaluate(tiny_config(dataset_dir, global_batch_size=12), str(tmp_path))
+
+
+def test_named_sets_are_evaluated_recorded_and_can_choose_the_best(dataset_dir, tmp_path):
+  external = make_dataset(tmp_path / "external", per_class=6, seed=3) / "train"
+  config = tiny_config(dataset_dir, num_train_steps=6, keep_checkpoints=1,
+                       best_metric="external/nll")
+  config.data.eval_sets = f"external={external}"
+  workdir = tmp_path / "work"
+  final = train.train_and_evaluate(config, str(workdir))
+  assert {"val/auc", "external/auc", "external/nll", "external/accuracy"} <= set(final)
+  assert final["external/num_examples"] == 12
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evaluated = {m["step"]: m for m in lines if "external/nll" in m}
+  assert sorted(evaluated) == [2, 4, 6] and all("val/auc" in m for m in evaluated.values())
+  # The best checkpoint is the one with the lowest external NLL, and kept beside the latest.
+  best = min(evaluated, key=lambda s: (evaluated[s]["external/nll"], -s))
+  assert trained.resolve_step(checkpointing.Checkpointer(
+      workdir / "checkpoints", read_only=True, best_metric="external/nll"), "best") == best
+  assert trained.load(workdir, "best").step == best
+  # The evaluation job evaluates the named set with the run's threshold.
+  report = evaluation.evaluate_checkpoint(workdir, "external", "latest",
+                                          trained.load_config(workdir).evaluation)
+  assert report["at_0.5"]["num_examples"] == 12
+  assert report["at_0.5"]["accuracy"] == pytest.approx(final["external/accuracy"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.eval_sets", "val=test", "config.data.eval_sets='val=test': 'val' is taken"),
+    ("data.eval_sets", "external", "expected NAME=test or NAME=FOLDER"),
+    ("training.best_metric", "external/auc", "training.best_metric='external/auc'"),
+    ("training.best_metric", "val/f1", "training.best_metric='val/f1'"),
+])
+def test_bad_named_sets_are_one_line_errors(dataset_dir, tmp_path, field, value, message):
+  config = tiny_config(dataset_dir)
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(errors.ConfigError, match=message.replace(".", r"\.")):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_a_named_test_set_needs_a_test_split(dataset_dir, tmp_path):
+  config = tiny_config(dataset_dir)
+  config.data.eval_sets = "external=test"
+  with pytest.raises(errors.DataError, match="external=test, but the data source has no test"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))

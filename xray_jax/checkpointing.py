@@ -75,9 +75,16 @@ def digest_problems(step_dir: pathlib.Path) -> list[str]:
   return found
 
 
-# The metric of `metrics.summarize` that ranks validated checkpoints (higher is better).
-BEST_METRIC = "auc"
 VALIDATION_FILE = "validation.json"  # In the checkpoints folder: step -> validation metrics.
+# The metric that ranks validated checkpoints by default (`training.best_metric`).
+BEST_METRIC = "val/auc"
+
+
+def metric_key(best_metric: str) -> tuple[str, bool]:
+  """The key of `best_metric` ("SET/NAME") in VALIDATION_FILE, where validation's metrics
+  stand without their "val/" prefix, and whether higher values are better (all but nll)."""
+  key = best_metric.removeprefix("val/")
+  return key, not key.endswith("nll")
 
 
 @dataclasses.dataclass
@@ -103,7 +110,9 @@ class Checkpointer:
   check them first and name what is damaged.
   """
 
-  def __init__(self, directory: pathlib.Path, keep: int = 1, read_only: bool = False):
+  def __init__(self, directory: pathlib.Path, keep: int = 1, read_only: bool = False,
+               best_metric: str = BEST_METRIC):
+    self._best_key, self._higher_is_better = metric_key(best_metric)
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep), _KeepBest(self.best_step)])
     self._directory = directory.absolute()
@@ -139,7 +148,8 @@ class Checkpointer:
             for p in self._directory.glob("*/metrics/metrics") if p.parts[-3].isdigit()}
 
   def record_validation(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Adds the validation metrics (`metrics.summarize`) of `step`."""
+    """Adds the validation metrics (`metrics.summarize`) of `step`, with those of any named
+    evaluation set as "SET/NAME"."""
     self._validation[step] = dict(metrics)
     if jax.process_index() == 0:
       workdir_lib.write_atomically(self._directory / VALIDATION_FILE, json.dumps(
@@ -153,11 +163,14 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept checkpoint with the best validation metric (ties: the later one); None if
-    none was validated. (The previous best is kept too until the save after the validation
-    that replaced it.)"""
+    """The kept checkpoint with the best value of the best metric (ties: the later one);
+    None if none has a finite one. (The previous best is kept too until the save after the
+    validation that replaced it.)"""
     steps = set(self._manager.all_steps())
-    validated = [(m[BEST_METRIC], step) for step, m in self._validation.items() if step in steps]
+    sign = 1 if self._higher_is_better else -1
+    validated = [(sign * m[self._best_key], step) for step, m in self._validation.items()
+                 if step in steps and isinstance(m.get(self._best_key), int | float)
+                 and np.isfinite(m[self._best_key])]
     return max(validated)[1] if validated else None
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:

@@ -6,7 +6,7 @@ import re
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import dicom, download, image_check, intensity, tfds_builders
+from xray_jax.data import dicom, download, eval_sets, image_check, intensity, tfds_builders
 from xray_jax.evaluators import metrics, tta
 from xray_jax.models import conv, resnet
 
@@ -99,6 +99,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            training.num_epochs, "> 0 (or training.num_train_steps > 0)")
   _require(0 <= training.ema_decay < 1, "training.ema_decay", training.ema_decay,
            "a value in [0, 1); 0 disables the moving average")
+  sets = ("val", *eval_sets.parse(config.data.get("eval_sets", "")))
+  best_set, _, best_name = training.get("best_metric", "val/auc").partition("/")
+  _require(best_set in sets and best_name in ("auc", "accuracy", "nll"), "training.best_metric",
+           training.get("best_metric"), f"SET/METRIC with SET one of {', '.join(sets)} and "
+           "METRIC auc, accuracy or nll")
   check_evaluation_config(config.evaluation)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     _require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],

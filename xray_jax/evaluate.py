@@ -1,7 +1,7 @@
 r"""Evaluates checkpoints of a training run, as a separate job.
 
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
-      [--split=val|test] [--checkpoint=best|latest|STEP] \
+      [--split=val|test|NAME] [--checkpoint=best|latest|STEP] \
       [--watch | --stress | --ensemble=W2,W3 | --compare=OTHER_WORKDIR[:CHECKPOINT]]
 
 The model and preprocessing come from the run's saved config.json; --config, if given, only
@@ -26,7 +26,8 @@ flags.DEFINE_string("workdir", None, "Workdir of the training run.")
 config_flags.DEFINE_config_file(
     "config", None, "Optional config file; only its `evaluation` section is used.",
     lock_config=True)
-flags.DEFINE_enum("split", "val", ["val", "test"], "Split to evaluate.")
+flags.DEFINE_string("split", "val", "Split to evaluate: val, test or a named set of the run's "
+                    "config.data.eval_sets.")
 flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 flags.DEFINE_string("data_dir", None, "Read the images from here instead of the saved "
                     "config's data.dir (same layout).")

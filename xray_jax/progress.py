@@ -31,6 +31,7 @@ class TrainingProgress:
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                             dynamic_ncols=True, file=sys.stdout, desc="training")
     self._interval_step, self._interval_start = start_step, time.perf_counter()
+    self._evaluated: dict[str, str] = {}  # The AUC of each set at the last evaluation.
 
   def advance(self) -> None:
     if self._bar is not None:
@@ -43,7 +44,8 @@ class TrainingProgress:
     eta = (self._total - step) * elapsed / (step - self._interval_step)
     if self._bar is not None:
       self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", accuracy=f"{metrics['accuracy']:.3f}",
-                            images_per_s=f"{images_per_s:.1f}", refresh=False)
+                            images_per_s=f"{images_per_s:.1f}", **self._evaluated,
+                            refresh=False)
     else:
       logging.info("step %d/%d epoch %.2f: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s, "
                    "ETA %s", step, self._total, step / self._steps_per_epoch, metrics["loss"],
@@ -52,6 +54,15 @@ class TrainingProgress:
     self._interval_step = step
     self.restart_clock()
     return images_per_s
+
+  def show_evaluation(self, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
+    """Logs the figures of each evaluated set (validation and the named ones), and keeps
+    their AUCs on the bar."""
+    for name, found in results.items():
+      logging.info("step %d %s: NLL %.4f, accuracy %.4f, AUC %.4f", step,
+                   "validation" if name == "val" else name, found["nll"], found["accuracy"],
+                   found["auc"])
+    self._evaluated = {f"{name}_auc": f"{found['auc']:.3f}" for name, found in results.items()}
 
   def restart_clock(self) -> None:
     self._interval_start = time.perf_counter()
@@ -62,12 +73,14 @@ class TrainingProgress:
 
 
 def log_summary(workdir: pathlib.Path, last_step: int, best_step: int | None,
-                best_metrics: Mapping[str, float] | None) -> None:
+                best_metrics: Mapping[str, float] | None, best_metric: str) -> None:
   """Where the run stands and what to run next."""
+  key = best_metric.removeprefix("val/")
   logging.info(
       "Finished at step %d. Best checkpoint: %s. Checkpoints: %s. Next:\n"
       "  python -m xray_jax.evaluate --workdir=%s --checkpoint=best --split=val\n"
       "  python -m xray_jax.predict --workdir=%s --checkpoint=best IMAGES_OR_FOLDERS",
       last_step, "none validated yet" if best_metrics is None else
-      f"step {best_step} (validation AUC {best_metrics['auc']:.4f}, accuracy "
-      f"{best_metrics['accuracy']:.4f})", workdir / workdir_lib.CHECKPOINTS, workdir, workdir)
+      f"step {best_step} by {best_metric} {best_metrics[key]:.4f} (validation AUC "
+      f"{best_metrics['auc']:.4f}, accuracy {best_metrics['accuracy']:.4f})",
+      workdir / workdir_lib.CHECKPOINTS, workdir, workdir)

@@ -32,7 +32,7 @@ from xray_jax import (
 )
 from xray_jax import progress as training_progress
 from xray_jax import workdir as workdir_lib
-from xray_jax.data import datasets, device_augment, image_check
+from xray_jax.data import datasets, device_augment, eval_sets, image_check
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> augmented images.
 
@@ -153,6 +153,23 @@ def _every(interval: int, steps_per_epoch: int) -> int:
   return steps_per_epoch if interval == -1 else interval
 
 
+def evaluate_all(evaluators: dict[str, inference.Evaluator],
+                 variables: dict[str, Any]) -> dict[str, dict[str, float]]:
+  """Each set's metrics (`metrics.summarize`): validation and the named sets."""
+  return {name: evaluator.evaluate(variables) for name, evaluator in evaluators.items()}
+
+
+def prefixed(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  """{"SET/METRIC": value} of `evaluate_all`'s results, as metrics.jsonl holds them."""
+  return {f"{name}/{k}": v for name, found in results.items() for k, v in found.items()}
+
+
+def validation_record(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  """What the checkpointer records of a step: validation's metrics as they are, the named
+  sets' as "SET/METRIC" (`checkpointing.metric_key`)."""
+  return {**results["val"], **prefixed({k: v for k, v in results.items() if k != "val"})}
+
+
 def record_split(workdir: pathlib.Path, splits: datasets.Splits) -> None:
   """Writes a validation split made for this run to the workdir, where a resumed run and
   evaluation jobs read it back."""
@@ -163,7 +180,7 @@ def record_split(workdir: pathlib.Path, splits: datasets.Splits) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the configured model in `workdir`, resuming from its latest checkpoint, and
-  returns the last validation metrics.
+  returns the last metrics of validation and the named sets ("val/auc", "external/auc", ...).
 
   Raises `errors.Preempted` after saving a checkpoint when a preemption notice (SIGTERM)
   arrives, and `errors.WorkdirBusyError` if another trainer uses `workdir`.
@@ -186,6 +203,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   splits = image_check.check_splits(
       datasets.load_splits(config.data, workdir), config.data)
   num_classes = len(splits.class_names)
+  eval_records = {"val": splits.val, **eval_sets.load(config.data.eval_sets, splits)}
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   eval_every = _every(training.eval_every_steps, steps_per_epoch)
   checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
@@ -196,9 +214,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     workdir_lib.write_atomically(workdir / workdir_lib.CLASSES,
                                  json.dumps(list(splits.class_names)))
     workdir_lib.write_atomically(workdir / workdir_lib.CONFIG, config.to_json_best_effort(indent=2))
-  logging.info("%d classes %s; %d train / %d val images; %d devices, %d processes; "
+  logging.info("%d classes %s; %d train images, evaluated on %s; %d devices, %d processes; "
                "%d steps of %d images (%d per epoch)", num_classes, splits.class_names,
-               len(splits.train), len(splits.val), mesh.size, jax.process_count(),
+               len(splits.train),
+               ", ".join(f"{len(r)} {name}" for name, r in eval_records.items()),
+               mesh.size, jax.process_count(),
                total_steps, training.global_batch_size, steps_per_epoch)
 
   model = models.create_model(config.model, num_classes)
@@ -213,7 +233,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       splits.train, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
   checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
-                                            training.keep_checkpoints)
+                                            training.keep_checkpoints,
+                                            best_metric=training.best_metric)
   restored = checkpointer.restore_latest(state, train_iter,
                                          fall_back=training.restore_fallback)
   if restored is not None:
@@ -225,8 +246,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
                                  training.ema_decay, config.loss.mixup_alpha,
                                  device_augment.step_augment(config.data))
-  evaluator = inference.Evaluator(model, splits.val, config.data, training.eval_batch_size, mesh)
-  prefixed = lambda metrics: {f"val/{k}": v for k, v in metrics.items()}
+  evaluators = {name: inference.Evaluator(model, records, config.data, training.eval_batch_size,
+                                          mesh) for name, records in eval_records.items()}
   start_step = int(state.step)
   writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
   preemption_watcher = preemption.PreemptionWatcher()
@@ -261,12 +282,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       if do_save:  # Before validation: a failure there must not lose the training.
         checkpointer.save(step, state, train_iter)
       if do_eval:
-        validation = evaluator.evaluate(inference_variables(state))
-        checkpointer.record_validation(step, validation)
-        val_metrics = prefixed(validation)
-        logging.info("step %d validation: NLL %.4f, accuracy %.4f, AUC %.4f", step,
-                     val_metrics["val/nll"], val_metrics["val/accuracy"],
-                     val_metrics["val/auc"])
+        results = evaluate_all(evaluators, inference_variables(state))
+        checkpointer.record_validation(step, validation_record(results))
+        progress.show_evaluation(step, results)
+        val_metrics = prefixed(results)
         writer.write(step, val_metrics)
       if preempted:
         checkpointer.wait_until_finished()
@@ -277,7 +296,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
         progress.restart_clock()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
       logging.info("Training already finished at step %d in %s", start_step, workdir)
-      val_metrics = prefixed(evaluator.evaluate(inference_variables(state)))
+      val_metrics = prefixed(evaluate_all(evaluators, inference_variables(state)))
   finally:
     progress.close()
     preemption_watcher.close()
@@ -286,6 +305,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   if is_chief:
     best = checkpointer.best_step()
     training_progress.log_summary(workdir, max(start_step, total_steps), best,
-                                  checkpointer.validation(best))
+                                  checkpointer.validation(best), training.best_metric)
   return val_metrics
 

@@ -102,7 +102,9 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
   class_names = load_class_names(workdir)
   model = models.create_model(config.model, len(class_names))
   mesh = mesh or sharding.make_mesh()
-  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, read_only=True)
+  checkpointer = checkpointing.Checkpointer(
+      workdir / workdir_lib.CHECKPOINTS, read_only=True,
+      best_metric=config.training.get("best_metric", checkpointing.BEST_METRIC))
   try:
     step = resolve_step(checkpointer, checkpoint)
     shape = (1, *input_pipeline.input_shape(config.data))

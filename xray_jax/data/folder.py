@@ -19,7 +19,8 @@ class FolderDataset:
   splits: dict[str, list[Record]]
 
 
-def _split_records(split_dir: pathlib.Path, class_names: tuple[str, ...]) -> list[Record]:
+def class_folder_records(split_dir: pathlib.Path, class_names: tuple[str, ...]) -> list[Record]:
+  """The images of `split_dir`/{CLASS}/, labelled by the index of CLASS in `class_names`."""
   records = []
   for label, name in enumerate(class_names):
     class_dir = split_dir / name
@@ -45,7 +46,7 @@ def load_folder_dataset(root: str | pathlib.Path) -> FolderDataset:
     raise errors.DataError(
         f"{train_dir}: expected one folder per class, at least two, found {list(class_names)}")
   splits = {
-      split: _split_records(root / split, class_names)
+      split: class_folder_records(root / split, class_names)
       for split in ("train", "val", "test")
       if (root / split).is_dir()
   }

@@ -16,7 +16,7 @@ from absl import logging
 
 from xray_jax import checkpointing, errors, inference, sharding, trained
 from xray_jax import workdir as workdir_lib
-from xray_jax.data import datasets, shifts, splits
+from xray_jax.data import datasets, eval_sets, shifts, splits
 from xray_jax.data.records import Record
 from xray_jax.evaluators import bootstrap, calibration, metrics, plots, tta
 
@@ -26,12 +26,19 @@ def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
 
 
 def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
-  """The records of a run's `split` ("val" or "test"), checked against its class names."""
+  """The records of a run's `split`: "val", "test" or a named set of `data.eval_sets`,
+  checked against its class names."""
   splits = datasets.load_splits(data_config, run.workdir)
   if splits.class_names != run.class_names:
     raise errors.DataError(
         f"{data_config.dir}: classes {splits.class_names} differ from the run's "
         f"{run.class_names}")
+  named = eval_sets.parse(data_config.get("eval_sets", ""))
+  if split in named:
+    return eval_sets.load(f"{split}={named[split]}", splits)[split]
+  if split not in ("val", "test"):
+    raise errors.ConfigError(f"--split={split}: expected val, test or a set of "
+                             f"config.data.eval_sets ({', '.join(named) or 'none'})")
   records = {"val": splits.val, "test": splits.test}[split]
   if not records:
     raise errors.DataError(
