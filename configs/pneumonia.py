@@ -145,6 +145,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = model_config(arg.model)
 
+  config.finetune = ml_collections.ConfigDict()
+  # Start from another run's weights: WORKDIR[:CHECKPOINT] (latest, best or a step; default
+  # latest). Arrays that match this model's are loaded; a head for another number of classes
+  # starts fresh. A resumed run resumes its own checkpoints. Empty: train from scratch.
+  config.finetune.init_from = ""
+  # Train the head only (the backbone's BatchNorm statistics still follow the new data).
+  config.finetune.freeze_backbone = False
+  config.finetune.backbone_learning_rate_scale = 1.0  # The backbone's learning rate, relative.
+
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # adam, adamw or sgd (with momentum).
   config.optimizer.learning_rate = 1e-3  # Peak learning rate, reached after warmup.

@@ -97,6 +97,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
   _require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
            training.num_epochs, "> 0 (or training.num_train_steps > 0)")
+  _require(config.finetune.backbone_learning_rate_scale >= 0,
+           "finetune.backbone_learning_rate_scale",
+           config.finetune.backbone_learning_rate_scale, ">= 0 (relative to the head's)")
   _require(0 <= training.ema_decay < 1, "training.ema_decay", training.ema_decay,
            "a value in [0, 1); 0 disables the moving average")
   sets = ("val", *eval_sets.parse(config.data.get("eval_sets", "")))

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from xray_jax import errors
+from xray_jax import errors, models
 
 
 def schedule_length(
@@ -44,10 +44,31 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _head_or_backbone(params):
+  """"head" for the leaves of the model's last dense layer, "backbone" for the others."""
+  head = models.head_name(params)
+  return {name: jax.tree.map(lambda _, n=name: "head" if n == head else "backbone", subtree)
+          for name, subtree in params.items()}
+
+
+def _with_backbone_rate(finetune: ml_collections.ConfigDict | None,
+                        optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` for the head and, for the backbone, the same with its updates scaled by
+  `finetune.backbone_learning_rate_scale`, or no updates when `finetune.freeze_backbone`."""
+  if finetune is None or (not finetune.freeze_backbone
+                          and finetune.backbone_learning_rate_scale == 1.0):
+    return optimizer
+  backbone = (optax.set_to_zero() if finetune.freeze_backbone
+              else optax.chain(optimizer, optax.scale(finetune.backbone_learning_rate_scale)))
+  return optax.multi_transform({"head": optimizer, "backbone": backbone}, _head_or_backbone)
+
+
 def create_optimizer(
-    opt_config: ml_collections.ConfigDict, schedule: optax.Schedule
+    opt_config: ml_collections.ConfigDict, schedule: optax.Schedule,
+    finetune: ml_collections.ConfigDict | None = None,
 ) -> optax.GradientTransformation:
-  """adam, adamw or sgd with momentum, behind optional global-norm clipping."""
+  """adam, adamw or sgd with momentum, behind optional global-norm clipping; with
+  `finetune` (config.finetune), its backbone frozen or at a lower learning rate."""
   name, decay = opt_config.name, opt_config.weight_decay
   if name == "adamw":
     optimizer = optax.adamw(schedule, weight_decay=decay, mask=_decay_mask)
@@ -60,6 +81,7 @@ def create_optimizer(
   else:
     raise errors.ConfigError(
         f"config.optimizer.name={name!r}; expected adam, adamw or sgd")
+  optimizer = _with_backbone_rate(finetune, optimizer)
   if opt_config.grad_clip_norm > 0:
     optimizer = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), optimizer)
   return optimizer

@@ -21,6 +21,7 @@ from xray_jax import (
   checkpointing,
   config_checks,
   errors,
+  finetune,
   inference,
   input_pipeline,
   losses,
@@ -224,7 +225,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   model = models.create_model(config.model, num_classes)
   schedule = optimizers.create_learning_rate_schedule(
       config.optimizer, steps_per_epoch, total_steps)
-  tx = optimizers.create_optimizer(config.optimizer, schedule)
+  tx = optimizers.create_optimizer(config.optimizer, schedule, config.finetune)
   state = create_train_state(model, tx, input_pipeline.input_shape(config.data), config.seed,
                              mesh,
                              ema=training.ema_decay > 0)
@@ -240,6 +241,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint of step %d in %s", int(state.step), workdir)
+  elif config.finetune.init_from:
+    state = finetune.load_source(state, config.finetune.init_from, mesh)
 
   class_weights = losses.resolve_class_weights(
       config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)

@@ -1,5 +1,6 @@
 """Model registry: `config.model.name` -> a Flax module returning class logits."""
 
+import re
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -34,6 +35,15 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
         num_classes=num_classes, dtype=DTYPES[model_config.dtype], **kwargs)
   except TypeError as e:
     raise errors.ConfigError(f"config.model does not fit {model_config.name!r}: {e}") from e
+
+
+def head_name(params: dict) -> str:
+  """The top-level module of `params` that outputs the logits: every model here ends in a
+  dense layer, the one with the highest index."""
+  dense = [name for name in params if re.fullmatch(r"Dense_\d+", name)]
+  if not dense:
+    raise errors.ConfigError("the model has no Dense_N layer to call its head")
+  return max(dense, key=lambda name: int(name.split("_")[1]))
 
 
 def class_probabilities(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:

@@ -1,0 +1,65 @@
+"""Fine-tuning: a run that starts from another run's weights (`config.finetune.init_from`).
+
+Every parameter and BatchNorm statistic whose path and shape match the source's is loaded;
+the rest (a classifier head for another number of classes) keeps its fresh initialization.
+Freezing the backbone or lowering its learning rate is the optimizer's part
+(`optimizers.create_optimizer`).
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from xray_jax import errors, trained
+
+
+def parse_init_from(init_from: str) -> tuple[str, str]:
+  """(workdir, checkpoint) of `finetune.init_from` = WORKDIR[:CHECKPOINT]; the checkpoint is
+  latest, best or a step number (default latest)."""
+  workdir, _, checkpoint = init_from.rpartition(":")
+  if not workdir or "/" in checkpoint:  # No checkpoint given (a colon may sit in the path).
+    return init_from, "latest"
+  return workdir, checkpoint
+
+
+def _merge(fresh: Any, source: Any, prefix: str, loaded: list[str], skipped: list[str]) -> Any:
+  """`fresh` with every leaf that `source` has at the same path and shape replaced."""
+  def pick(path, leaf):
+    name = prefix + "/".join(str(getattr(k, "key", k)) for k in path)
+    found = source
+    for key in path:
+      found = found.get(getattr(key, "key", key)) if isinstance(found, dict) else None
+    if found is not None and np.shape(found) == leaf.shape:
+      loaded.append(name)
+      return jax.device_put(np.asarray(found, leaf.dtype), leaf.sharding)
+    skipped.append(f"{name} {leaf.shape}" + ("" if found is None
+                                               else f" (source {np.shape(found)})"))
+    return leaf
+  return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+def load_source(state: Any, init_from: str, mesh: jax.sharding.Mesh) -> Any:
+  """`state` with the matching parameters and statistics of the run `init_from` names (its
+  moving average, if it kept one); logs what was loaded and what was not."""
+  workdir, checkpoint = parse_init_from(init_from)
+  try:
+    source = trained.load(workdir, checkpoint, mesh)
+  except errors.XrayError as e:
+    raise errors.ConfigError(f"config.finetune.init_from={init_from!r}: {e}") from e
+  variables = jax.device_get(source.variables)
+  loaded, skipped = [], []
+  params = _merge(state.params, variables["params"], "params/", loaded, skipped)
+  batch_stats = _merge(state.batch_stats, variables.get("batch_stats", {}), "batch_stats/",
+                       loaded, skipped)
+  if not loaded:
+    raise errors.ConfigError(f"config.finetune.init_from={init_from!r}: no parameter of "
+                             f"{source.workdir} (step {source.step}) fits this model")
+  logging.info("Initialized from %s, step %d: %d arrays loaded; %d kept fresh: %s",
+               source.workdir, source.step, len(loaded), len(skipped),
+               ", ".join(skipped) or "none")
+  state = state.replace(params=params, batch_stats=batch_stats)
+  if state.ema:
+    state = state.replace(ema={"params": params, "batch_stats": batch_stats})
+  return state
