@@ -152,7 +152,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 1.0  # Clip the global gradient norm; 0 disables.
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.label_smoothing = 0.0  # Cross-entropy against (1 - s) * one_hot + s / classes.
+  config.loss.name = "cross_entropy"  # One of the losses in xray_jax/losses.py's LOSSES.
+  config.loss.label_smoothing = 0.0  # The target is (1 - s) * one_hot + s / classes.
   config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
   # Mixup: each training image blended with another, weight ~ Beta(a, a), and so is its
   # loss; e.g. 0.2. 0 disables.

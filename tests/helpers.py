@@ -20,7 +20,7 @@ import optax
 import PIL.Image
 import pydicom
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import losses, models, optimizers, sharding, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,8 @@ def three_train_steps(name: str, **model_fields):
   model = models.create_model(ml_collections.ConfigDict(dict(
       name=name, dtype="float32", **SMALL_MODELS[name], **model_fields)), 2)
   state = train.create_train_state(model, tx, (20, 20, 1), seed=0, mesh=mesh)
-  step = train.make_train_step(mesh, schedule)
+  step = train.make_train_step(mesh, schedule=schedule,
+                               loss=losses.mean_loss(losses.cross_entropy))
   for _ in range(3):
     state, metrics = step(state, batch)
   return jax.device_get((state.params, state.batch_stats)), float(metrics["grad_norm"])

@@ -10,7 +10,7 @@ import pytest
 import skimage.filters
 from helpers import SMALL_MODELS, no_augment
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import losses, models, optimizers, sharding, train
 from xray_jax.data import augment, device_augment
 
 SIZE = 24
@@ -133,8 +133,9 @@ def test_train_step_augments_with_a_key_of_its_step():
   seen = []
   record = lambda images, key: (seen.append(None), device_augment.augment_batch(
       images, key, _data_config(True)))[1]
-  plain = train.make_train_step(mesh, lambda step: 0.1)
-  augmented = train.make_train_step(mesh, lambda step: 0.1, augment=record)
+  step_args = dict(schedule=lambda step: 0.1, loss=losses.mean_loss(losses.cross_entropy))
+  plain = train.make_train_step(mesh, **step_args)
+  augmented = train.make_train_step(mesh, **step_args, augment=record)
   copy = lambda s: jax.tree.map(jnp.copy, s)  # The steps donate their state.
   _, plain_metrics = plain(copy(state), batch)
   _, first = augmented(copy(state), batch)

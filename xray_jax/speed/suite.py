@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xray_jax import input_pipeline, models, optimizers, sharding, train
+from xray_jax import input_pipeline, losses, models, optimizers, sharding, train
 from xray_jax.data import device_augment, folder
 from xray_jax.speed import model_flops, step_profile
 
@@ -86,11 +86,13 @@ class StepBenchmark:
     tx = optimizers.create_optimizer(config.optimizer, schedule)
     self.state = train.create_train_state(
         self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
-    self.batch = sharding.to_global_batch(
-        _random_batch(config, self.batch_size, num_classes), mesh)
+    host_batch = _random_batch(config, self.batch_size, num_classes)
+    self.batch = sharding.to_global_batch(host_batch, mesh)
     start = time.perf_counter()
-    step = train.make_train_step(mesh, schedule,
-                                 augment=device_augment.step_augment(config.data))
+    step = train.make_train_step(
+        mesh, schedule=schedule,
+        loss=losses.create_loss(config.loss, host_batch["label"], num_classes),
+        augment=device_augment.step_augment(config.data))
     traced = step.trace(self.state, self.batch)
     self.step = traced.lower().compile()
     self.compile_s = time.perf_counter() - start
