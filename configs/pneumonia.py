@@ -153,6 +153,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "cross_entropy"  # One of the losses in xray_jax/losses.py's LOSSES.
+  config.loss.focal_gamma = 2.0  # focal: each class term of cross-entropy times (1 - p)^gamma.
   config.loss.label_smoothing = 0.0  # The target is (1 - s) * one_hot + s / classes.
   config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
   # Mixup: each training image blended with another, weight ~ Beta(a, a), and so is its

@@ -44,6 +44,25 @@ def test_create_loss_binds_the_configured_smoothing_and_class_weights():
       float(losses.mean_loss(losses.cross_entropy, 0.1)(LOGITS, LABELS)), rel=1e-3)
 
 
+def test_focal_matches_a_hand_computation():
+  # p of the true class: sigmoid(2), sigmoid(1), 1/2; each term -(1 - p)^2 log p.
+  loss = losses.create_loss(loss_config(name="focal", focal_gamma=2.0), np.array([0, 1]), 2)
+  assert loss(LOGITS, LABELS) == pytest.approx(0.0659161385, rel=1e-5)
+  weighted = losses.create_loss(loss_config(name="focal", focal_gamma=2.0, class_weights="1,3"),
+                                np.array([0, 1]), 2)
+  assert weighted(LOGITS, LABELS) == pytest.approx(0.1965460403, rel=1e-5)
+
+
+@pytest.mark.parametrize("label_smoothing, class_weights", [(0.0, "none"), (0.2, "1,3")])
+def test_focal_with_gamma_zero_is_cross_entropy(label_smoothing, class_weights):
+  fields = dict(label_smoothing=label_smoothing, class_weights=class_weights, focal_gamma=0.0)
+  focal = losses.create_loss(loss_config(**fields, name="focal"), np.array([0, 1]), 2)
+  cross_entropy = losses.create_loss(loss_config(**fields), np.array([0, 1]), 2)
+  assert focal(LOGITS, LABELS) == pytest.approx(float(cross_entropy(LOGITS, LABELS)), rel=1e-6)
+  focal_grad = jax.grad(focal)(LOGITS, LABELS)
+  np.testing.assert_allclose(focal_grad, jax.grad(cross_entropy)(LOGITS, LABELS), rtol=1e-5)
+
+
 def test_class_weight_specs():
   labels = np.array([0, 0, 0, 1])
   assert losses.resolve_class_weights("none", labels, 2) is None

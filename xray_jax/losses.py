@@ -1,6 +1,7 @@
 """Classification losses: `config.loss.name` picks one, `create_loss` builds it with the
 config's label smoothing and class weights bound in."""
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -20,9 +21,17 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def focal(logits: jax.Array, targets: jax.Array, gamma: float) -> jax.Array:
+  """Each example's focal loss (Lin et al. 2017): cross-entropy whose term for a class is
+  scaled by (1 - p)^gamma, so examples the model already gets right count less."""
+  log_probs = jax.nn.log_softmax(logits)
+  return -jnp.sum(targets * (-jnp.expm1(log_probs)) ** gamma * log_probs, axis=-1)
+
+
 # `config.loss.name` -> the per-example loss, given `config.loss`.
 LOSSES: dict[str, Callable[[ml_collections.ConfigDict], PerExample]] = {
     "cross_entropy": lambda loss_config: cross_entropy,
+    "focal": lambda loss_config: functools.partial(focal, gamma=loss_config.focal_gamma),
 }
 
 
