@@ -46,10 +46,6 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name=name,  # Registered model: cnn, resnet18, resnet34, resnet50.
       dtype="float32",  # Compute dtype: float32, or bfloat16 on GPU/TPU. Params stay float32.
-      # Convolutions: xla (XLA's kernels), patches (filter gradients of the layers that change
-      # the channel count as a matmul over image patches; see xray_jax/models/conv.py) or auto
-      # (patches on CPU only). No whole-step gain was measured yet, so xla is the default.
-      conv_impl="xla",
       batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
       **fields,
   ))

@@ -54,7 +54,6 @@ def test_parse_arg_types_and_errors():
     ("model.pooling", "mean", "model.pooling='mean'"),
     ("data.group_pattern", "person\\d+", "data.group_pattern='person"),
     ("data.group_pattern", "(person", "data.group_pattern"),
-    ("model.conv_impl", "fast", "model.conv_impl='fast'"),
     ("data.cache_dir", "/nonexistent/cache", "data.cache_dir='/nonexistent/cache'"),
     ("data.augment_on", "gpu", "data.augment_on='gpu': expected host or device"),
     ("loss.name", "hinge", "config.loss.name='hinge': expected cross_entropy"),

@@ -185,7 +185,6 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   results: dict[str, Any] = {
       "model": config.model.name, "image_size": config.data.image_size,
       "batch_size": bench.batch_size, "dtype": config.model.dtype,
-      "conv_impl": config.model.get("conv_impl", "xla"),
       "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "devices": jax.device_count(), "compile_s": bench.compile_s,
       "train_images_per_s": train_images_per_s, "train_images_per_s_rounds": per_round,
