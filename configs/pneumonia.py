@@ -17,7 +17,11 @@ import ml_collections
 
 from xray_jax import config_args
 
-# Per-model fields; every key is passed to the model's constructor.
+# Fields of the model families with BatchNorm layers.
+BATCH_NORM_FIELDS = dict(
+    batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
+)
+# Each model family's own fields, the ones a user tunes, passed to its constructor.
 MODEL_FIELDS = {
     "cnn": dict(
         widths=(32, 64, 128, 256),  # Output channels of each conv block.
@@ -26,6 +30,7 @@ MODEL_FIELDS = {
         pooling="avg",  # How the last feature map is reduced: avg, max or flatten.
         dense=(256,),  # Hidden dense layers of the head.
         dropout=0.3,  # Dropout rate before each dense layer of the head.
+        **BATCH_NORM_FIELDS,
     ),
     "resnet": dict(
         width=64,  # Channels of the first stage; doubled at every stage.
@@ -35,18 +40,19 @@ MODEL_FIELDS = {
         # where it was measured to help, else imagenet.
         stem="auto",
         dropout=0.0,  # Dropout rate before the classifier.
+        **BATCH_NORM_FIELDS,
     ),
 }
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
-  """Returns the model section for a registered model name."""
+  """Returns the model section for a registered model name: name, dtype and the fields of
+  its family."""
   family = "resnet" if name.startswith("resnet") else name
   fields = MODEL_FIELDS.get(family, {})
   return ml_collections.ConfigDict(dict(
       name=name,  # Registered model: cnn, resnet18, resnet34, resnet50.
       dtype="float32",  # Compute dtype: float32, or bfloat16 on GPU/TPU. Params stay float32.
-      batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
       **fields,
   ))
 

@@ -120,8 +120,7 @@ def test_host_augmentation_has_no_step_augment():
 def test_train_step_augments_with_a_key_of_its_step():
   mesh = sharding.make_mesh()
   model = models.create_model(ml_collections.ConfigDict(
-      dict(name="cnn", dtype="float32", batch_norm_momentum=0.9,
-           pooling="avg", convs_per_block=1, batch_norm=True, **SMALL_MODELS["cnn"])), 2)
+      dict(name="cnn", dtype="float32", **SMALL_MODELS["cnn"])), 2)
   tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
       name="sgd", learning_rate=0.1, weight_decay=0.0, momentum=0.0, nesterov=False,
       grad_clip_norm=0.0)), lambda step: 0.1)
