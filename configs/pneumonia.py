@@ -37,7 +37,8 @@ MODEL_FIELDS = {
         # imagenet (7x7 stride-2 convolution, 3x3 stride-2 max-pool), small (3x3 stride-1
         # convolution, no pool), fast (4x4 stride-4 convolution, 3x3 stride-2 max-pool: an
         # input costs about what half its size does with imagenet) or auto: small below 28 px,
-        # where it was measured to help, else imagenet.
+        # else imagenet (from 28 px up the small stem costs more for no gain in accuracy:
+        # docs/results.md, Input size and stem).
         stem="auto",
         dropout=0.0,  # Dropout rate before the classifier.
         **BATCH_NORM_FIELDS,
@@ -77,8 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.std = 0.25  # Scale of that normalization.
   # Per-image intensity standardization after the resize, in training, evaluation and
   # predict: none, equalize (histogram equalization) or clahe (adaptive, contrast-limited).
-  # CLAHE is the default: in the two-seed ablation (README, Results) it raised specificity on
-  # validation and under the stress test's shifts, at the same ROC AUC.
+  # CLAHE is the default: it raised specificity on validation and under the stress test's
+  # shifts, at the same ROC AUC (docs/results.md, the ablation).
   config.data.intensity = "clahe"
   config.data.clahe_clip_limit = 0.01  # clahe: contrast limit in (0, 1]; higher is stronger.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
@@ -115,8 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.prefetch = 4  # Batches prepared ahead of the train step.
   # Load each training image once, before training (decoded, resized, standardized), into a
   # float16 file that the grain workers share: every epoch then only augments. 2 bytes a
-  # pixel, once per process: 523 MB for the public train split at 224 px. Without it, CLAHE
-  # runs on every image every epoch, and the input pipeline cannot keep a GPU busy.
+  # pixel, once per process. Without it, CLAHE runs on every image every epoch, and the input
+  # pipeline cannot keep a GPU busy.
   config.data.cache_images = True
   config.data.cache_dir = ""  # Folder for that file (deleted at exit); empty: $TMPDIR or /tmp.
   # Oversample the smaller classes so each fills about the same share of the training batches
@@ -184,7 +185,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tuned), or chosen on validation: youden (max sensitivity + specificity), sensitivity
   # (reach target_sensitivity) or robust (max mean sensitivity + specificity over validation
   # clean and under every stress shift). fixed 0.5 is the default: judged under shifts held
-  # out from the choice, it beat every tuned threshold (README, Results); youden was worst.
+  # out from the choice, it beat every tuned threshold (docs/results.md); youden was worst.
   config.evaluation.threshold_method = "fixed"
   config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.

@@ -53,7 +53,7 @@ class Bottleneck(ResidualBlock):
 # cost ("fast": 4x4 convolution on non-overlapping patches, stride 4, then 3x3 max-pool,
 # stride 2), and "auto": the small stem below SMALL_STEM_BELOW pixels, else the ImageNet stem.
 STEMS = ("imagenet", "small", "fast", "auto")
-SMALL_STEM_BELOW = 28  # Measured: README, "Small images".
+SMALL_STEM_BELOW = 28  # Why 28: docs/results.md, "Input size and stem".
 
 
 def stem_for(stem: str, input_size: int) -> str:
