@@ -17,7 +17,11 @@ import ml_collections
 
 from xray_jax import config_args
 
-# Per-model fields; every key is passed to the model's constructor.
+# Fields of the model families with BatchNorm layers.
+BATCH_NORM_FIELDS = dict(
+    batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
+)
+# Each model family's own fields, the ones a user tunes, passed to its constructor.
 MODEL_FIELDS = {
     "cnn": dict(
         widths=(32, 64, 128, 256),  # Output channels of each conv block.
@@ -26,31 +30,30 @@ MODEL_FIELDS = {
         pooling="avg",  # How the last feature map is reduced: avg, max or flatten.
         dense=(256,),  # Hidden dense layers of the head.
         dropout=0.3,  # Dropout rate before each dense layer of the head.
+        **BATCH_NORM_FIELDS,
     ),
     "resnet": dict(
         width=64,  # Channels of the first stage; doubled at every stage.
         # imagenet (7x7 stride-2 convolution, 3x3 stride-2 max-pool), small (3x3 stride-1
         # convolution, no pool), fast (4x4 stride-4 convolution, 3x3 stride-2 max-pool: an
         # input costs about what half its size does with imagenet) or auto: small below 28 px,
-        # where it was measured to help, else imagenet.
+        # else imagenet (from 28 px up the small stem costs more for no gain in accuracy:
+        # docs/results.md, Input size and stem).
         stem="auto",
         dropout=0.0,  # Dropout rate before the classifier.
+        **BATCH_NORM_FIELDS,
     ),
 }
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
-  """Returns the model section for a registered model name."""
+  """Returns the model section for a registered model name: name, dtype and the fields of
+  its family."""
   family = "resnet" if name.startswith("resnet") else name
   fields = MODEL_FIELDS.get(family, {})
   return ml_collections.ConfigDict(dict(
       name=name,  # Registered model: cnn, resnet18, resnet34, resnet50.
       dtype="float32",  # Compute dtype: float32, or bfloat16 on GPU/TPU. Params stay float32.
-      # Convolutions: xla (XLA's kernels), patches (filter gradients of the layers that change
-      # the channel count as a matmul over image patches; see xray_jax/models/conv.py) or auto
-      # (patches on CPU only). No whole-step gain was measured yet, so xla is the default.
-      conv_impl="xla",
-      batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
       **fields,
   ))
 
@@ -75,8 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.std = 0.25  # Scale of that normalization.
   # Per-image intensity standardization after the resize, in training, evaluation and
   # predict: none, equalize (histogram equalization) or clahe (adaptive, contrast-limited).
-  # CLAHE is the default: in the two-seed ablation (README, Results) it raised specificity on
-  # validation and under the stress test's shifts, at the same ROC AUC.
+  # CLAHE is the default: it raised specificity on validation and under the stress test's
+  # shifts, at the same ROC AUC (docs/results.md, the ablation).
   config.data.intensity = "clahe"
   config.data.clahe_clip_limit = 0.01  # clahe: contrast limit in (0, 1]; higher is stronger.
   config.data.val_fraction = 0.1  # Stratified share of train held out when there is no val/.
@@ -113,8 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.prefetch = 4  # Batches prepared ahead of the train step.
   # Load each training image once, before training (decoded, resized, standardized), into a
   # float16 file that the grain workers share: every epoch then only augments. 2 bytes a
-  # pixel, once per process: 523 MB for the public train split at 224 px. Without it, CLAHE
-  # runs on every image every epoch, and the input pipeline cannot keep a GPU busy.
+  # pixel, once per process. Without it, CLAHE runs on every image every epoch, and the input
+  # pipeline cannot keep a GPU busy.
   config.data.cache_images = True
   config.data.cache_dir = ""  # Folder for that file (deleted at exit); empty: $TMPDIR or /tmp.
   # Oversample the smaller classes so each fills about the same share of the training batches
@@ -165,7 +168,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 1.0  # Clip the global gradient norm; 0 disables.
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.label_smoothing = 0.0  # Cross-entropy against (1 - s) * one_hot + s / classes.
+  config.loss.name = "cross_entropy"  # One of the losses in xray_jax/losses.py's LOSSES.
+  config.loss.focal_gamma = 2.0  # focal: each class term of cross-entropy times (1 - p)^gamma.
+  config.loss.label_smoothing = 0.0  # The target is (1 - s) * one_hot + s / classes.
   config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
   # Mixup: each training image blended with another, weight ~ Beta(a, a), and so is its
   # loss; e.g. 0.2. 0 disables.
@@ -196,7 +201,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tuned), or chosen on validation: youden (max sensitivity + specificity), sensitivity
   # (reach target_sensitivity) or robust (max mean sensitivity + specificity over validation
   # clean and under every stress shift). fixed 0.5 is the default: judged under shifts held
-  # out from the choice, it beat every tuned threshold (README, Results); youden was worst.
+  # out from the choice, it beat every tuned threshold (docs/results.md); youden was worst.
   config.evaluation.threshold_method = "fixed"
   config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.

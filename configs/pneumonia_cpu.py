@@ -3,8 +3,8 @@ r"""configs/pneumonia.py sized for a 2-core CPU: ResNet-18 at half width, 128x12
   python -m xray_jax.main --config=configs/pneumonia_cpu.py --workdir=/tmp/xray/cpu \
       --config.data.dir=/path/to/chest_xray
 
-Trains 6 epochs in about 5 minutes on 2 quiet cores (see README for measured results). Accepts
-the same config args as pneumonia.py (`runlocal`, `model=`, `res=`).
+Trains 6 epochs, sized for 2 cores (docs/results.md has its results and time). Accepts the
+same config args as pneumonia.py (`runlocal`, `model=`, `res=`).
 """
 
 import ml_collections

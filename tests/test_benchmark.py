@@ -38,7 +38,7 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
                                 profile_top=3, torch_reference=reference)
   json.loads(json.dumps(results))
   assert results["model"] == "cnn" and results["batch_size"] == 8
-  assert results["platform"] == "cpu" and results["conv_impl"] == "xla"
+  assert results["platform"] == "cpu"
   assert results["compile_s"] > 0
   assert len(results["train_images_per_s_rounds"]) == 2
   assert results["train_images_per_s"] == pytest.approx(

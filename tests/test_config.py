@@ -54,11 +54,11 @@ def test_parse_arg_types_and_errors():
     ("model.pooling", "mean", "model.pooling='mean'"),
     ("data.group_pattern", "person\\d+", "data.group_pattern='person"),
     ("data.group_pattern", "(person", "data.group_pattern"),
-    ("model.conv_impl", "fast", "model.conv_impl='fast'"),
     ("data.cache_dir", "/nonexistent/cache", "data.cache_dir='/nonexistent/cache'"),
     ("data.augment_on", "gpu", "data.augment_on='gpu': expected host or device"),
     ("evaluation.bootstrap_resamples", -1, "evaluation.bootstrap_resamples=-1"),
     ("evaluation.confidence_level", 95, "evaluation.confidence_level=95"),
+    ("loss.name", "hinge", "config.loss.name='hinge': expected cross_entropy"),
 ])
 def test_check_config_names_the_bad_key(key, value, message):
   config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(None)

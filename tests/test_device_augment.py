@@ -10,7 +10,7 @@ import pytest
 import skimage.filters
 from helpers import SMALL_MODELS, no_augment
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import losses, models, optimizers, sharding, train
 from xray_jax.data import augment, device_augment
 
 SIZE = 24
@@ -120,8 +120,7 @@ def test_host_augmentation_has_no_step_augment():
 def test_train_step_augments_with_a_key_of_its_step():
   mesh = sharding.make_mesh()
   model = models.create_model(ml_collections.ConfigDict(
-      dict(name="cnn", dtype="float32", conv_impl="xla", batch_norm_momentum=0.9,
-           pooling="avg", convs_per_block=1, batch_norm=True, **SMALL_MODELS["cnn"])), 2)
+      dict(name="cnn", dtype="float32", **SMALL_MODELS["cnn"])), 2)
   tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
       name="sgd", learning_rate=0.1, weight_decay=0.0, momentum=0.0, nesterov=False,
       grad_clip_norm=0.0)), lambda step: 0.1)
@@ -133,8 +132,9 @@ def test_train_step_augments_with_a_key_of_its_step():
   seen = []
   record = lambda images, key: (seen.append(None), device_augment.augment_batch(
       images, key, _data_config(True)))[1]
-  plain = train.make_train_step(mesh, lambda step: 0.1)
-  augmented = train.make_train_step(mesh, lambda step: 0.1, augment=record)
+  step_args = dict(schedule=lambda step: 0.1, loss=losses.mean_loss(losses.cross_entropy))
+  plain = train.make_train_step(mesh, **step_args)
+  augmented = train.make_train_step(mesh, **step_args, augment=record)
   copy = lambda s: jax.tree.map(jnp.copy, s)  # The steps donate their state.
   _, plain_metrics = plain(copy(state), batch)
   _, first = augmented(copy(state), batch)

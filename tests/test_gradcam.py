@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from xray_jax import models, optimizers, sharding, train
+from xray_jax import losses, models, optimizers, sharding, train
 from xray_jax.evaluators import gradcam
 
 
@@ -33,7 +33,8 @@ def test_heat_map_is_hot_on_the_blob(name, fields, size):
   tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
       name="adam", weight_decay=0.0, grad_clip_norm=0.0)), schedule)
   state = train.create_train_state(model, tx, (size, size, 1), seed=0, mesh=mesh)
-  step = train.make_train_step(mesh, schedule)
+  step = train.make_train_step(mesh, schedule=schedule,
+                               loss=losses.mean_loss(losses.cross_entropy))
   rng = np.random.default_rng(0)
   for _ in range(60):
     batch, _ = blob_batch(rng, 32, size)

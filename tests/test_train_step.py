@@ -4,6 +4,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from xray_jax import losses, models, optimizers, sharding, train
 from xray_jax.data import folder
@@ -18,7 +19,10 @@ def _fixed_batch(dataset_dir, count=16):
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def _state_and_step(mesh, learning_rate=3e-3):
+SMOOTHED_CROSS_ENTROPY = losses.mean_loss(losses.cross_entropy, label_smoothing=0.05)
+
+
+def _state_and_step(mesh, learning_rate=3e-3, loss=SMOOTHED_CROSS_ENTROPY):
   model = models.create_model(ml_collections.ConfigDict(dict(
       name="cnn", dtype="float32", widths=(8, 16), dense=(16,), dropout=0.2)), 2)
   schedule = optax.constant_schedule(learning_rate)
@@ -26,19 +30,22 @@ def _state_and_step(mesh, learning_rate=3e-3):
       name="adamw", weight_decay=1e-4, grad_clip_norm=1.0))
   tx = optimizers.create_optimizer(opt_config, schedule)
   state = train.create_train_state(model, tx, (16, 16, 1), seed=0, mesh=mesh)
-  return state, train.make_train_step(mesh, schedule, label_smoothing=0.05)
+  return state, train.make_train_step(mesh, schedule=schedule, loss=loss)
 
 
-def test_train_step_lowers_the_loss_on_a_fixed_batch(dataset_dir):
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_train_step_lowers_the_loss_on_a_fixed_batch(dataset_dir, name):
   mesh = sharding.make_mesh()
-  state, step = _state_and_step(mesh)
+  loss_config = ml_collections.ConfigDict(dict(
+      name=name, focal_gamma=2.0, label_smoothing=0.05, class_weights="none"))
+  state, step = _state_and_step(mesh, loss=losses.create_loss(loss_config, np.array([0, 1]), 2))
   batch = sharding.to_global_batch(_fixed_batch(dataset_dir), mesh)
-  losses = []
+  seen = []
   for _ in range(25):
     state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+    seen.append(float(metrics["loss"]))
   assert int(state.step) == 25
-  assert losses[-1] < 0.5 * losses[0], losses
+  assert seen[-1] < 0.5 * seen[0], seen
 
 
 def test_sharded_step_matches_single_device(dataset_dir):
@@ -70,7 +77,8 @@ def test_moving_average_follows_the_weights_with_a_ramped_decay(dataset_dir):
   tx = optimizers.create_optimizer(ml_collections.ConfigDict(dict(
       name="adamw", weight_decay=1e-4, grad_clip_norm=1.0)), schedule)
   state = train.create_train_state(model, tx, (16, 16, 1), seed=0, mesh=mesh, ema=True)
-  step = train.make_train_step(mesh, schedule, ema_decay=0.99)
+  step = train.make_train_step(mesh, schedule=schedule,
+                               loss=losses.mean_loss(losses.cross_entropy), ema_decay=0.99)
   batch = sharding.to_global_batch(_fixed_batch(dataset_dir), mesh)
   kernel = lambda tree: np.asarray(jax.device_get(tree["Dense_0"]["kernel"]))
   seen = [kernel(state.params)]
@@ -96,9 +104,10 @@ def test_mixup_blends_images_and_losses_with_one_beta_weight(dataset_dir):
   mixed = mix * batch["image"] + (1 - mix) * batch["image"][::-1]
   logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, mixed,
                              train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-  expected = (mix * losses.cross_entropy(logits, batch["label"], 0.05, None)
-              + (1 - mix) * losses.cross_entropy(logits, batch["label"][::-1], 0.05, None))
-  step = train.make_train_step(mesh, schedule, label_smoothing=0.05, mixup_alpha=0.4)
+  loss = SMOOTHED_CROSS_ENTROPY
+  expected = (mix * loss(logits, batch["label"])
+              + (1 - mix) * loss(logits, batch["label"][::-1]))
+  step = train.make_train_step(mesh, schedule=schedule, loss=loss, mixup_alpha=0.4)
   _, metrics = step(state, batch)
   assert 0.0 < float(mix) < 1.0
   np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)

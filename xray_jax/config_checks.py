@@ -5,10 +5,10 @@ import re
 
 import ml_collections
 
-from xray_jax import errors
+from xray_jax import errors, losses
 from xray_jax.data import dicom, download, eval_sets, image_check, intensity, tfds_builders
 from xray_jax.evaluators import metrics, tta
-from xray_jax.models import conv, resnet
+from xray_jax.models import resnet
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
 
@@ -83,8 +83,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name.startswith("resnet"):
     stem = config.model.get("stem", "imagenet")
     _require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
-  conv_impl = config.model.get("conv_impl", "xla")
-  _require(conv_impl in conv.IMPLS, "model.conv_impl", conv_impl, " or ".join(conv.IMPLS))
+  _require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
+           " or ".join(losses.LOSSES))
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
   _require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,

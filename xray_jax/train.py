@@ -67,17 +67,18 @@ def create_train_state(
 
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
-    label_smoothing: float, class_weights: np.ndarray | None, ema_decay: float = 0.0,
-    mixup_alpha: float = 0.0, augment: Augment | None = None,
+    loss: losses.LossFn, augment: Augment | None = None, mixup_alpha: float = 0.0,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and batch metrics.
 
-  `augment` (images, key) -> images, if given, augments the batch first, with a key of this
-  step. With `mixup_alpha` > 0, each image is blended with its mirror in the batch (the last
-  with the first, ...) by one weight drawn from Beta(alpha, alpha), and so is the loss.
+  `loss` (logits, labels) -> the mean loss to minimize. `augment` (images, key) -> images,
+  if given, augments the batch first, with a key of this step. With `mixup_alpha` > 0, each
+  image is blended with its mirror in the batch (the last with the first, ...) by one weight
+  drawn from Beta(alpha, alpha), and so is the loss: the same mix of the two labels' losses.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  images, mix = batch["image"], 1.0
+  images, labels, mix = batch["image"], batch["label"], 1.0
   if augment is not None:
     images = augment(images, jax.random.fold_in(dropout_rng, 2))
   if mixup_alpha > 0:
@@ -88,17 +89,16 @@ def train_step(
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    loss = losses.cross_entropy(logits, batch["label"], label_smoothing, class_weights)
+    value = loss(logits, labels)
     if mixup_alpha > 0:
-      loss = mix * loss + (1.0 - mix) * losses.cross_entropy(
-          logits, batch["label"][::-1], label_smoothing, class_weights)
-    return loss, (logits, updates["batch_stats"])
+      value = mix * value + (1.0 - mix) * loss(logits, labels[::-1])
+    return value, (logits, updates["batch_stats"])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   metrics = {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "loss": value,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
       "grad_norm": optax.global_norm(grads),
       "learning_rate": schedule(state.step),
   }
@@ -122,17 +122,12 @@ def inference_variables(state: TrainState) -> dict[str, Any]:
   return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def make_train_step(
-    mesh: jax.sharding.Mesh, schedule: optax.Schedule, label_smoothing: float = 0.0,
-    class_weights: np.ndarray | None = None, ema_decay: float = 0.0, mixup_alpha: float = 0.0,
-    augment: Augment | None = None,
-):
-  """`train_step` compiled for `mesh`: state replicated and donated, batch sharded."""
+def make_train_step(mesh: jax.sharding.Mesh, **step_args: Any):
+  """`train_step` compiled for `mesh` with its keyword arguments `step_args` (schedule, loss,
+  ...): state replicated and donated, batch sharded."""
   replicated = sharding.replicated(mesh)
   return jax.jit(
-      functools.partial(train_step, schedule=schedule, label_smoothing=label_smoothing,
-                        class_weights=class_weights, ema_decay=ema_decay,
-                        mixup_alpha=mixup_alpha, augment=augment),
+      functools.partial(train_step, **step_args),
       in_shardings=(replicated, sharding.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -244,11 +239,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   elif config.finetune.init_from:
     state = finetune.load_source(state, config.finetune.init_from, mesh)
 
-  class_weights = losses.resolve_class_weights(
-      config.loss.class_weights, np.array([r["label"] for r in splits.train]), num_classes)
-  p_train_step = make_train_step(mesh, schedule, config.loss.label_smoothing, class_weights,
-                                 training.ema_decay, config.loss.mixup_alpha,
-                                 device_augment.step_augment(config.data))
+  p_train_step = make_train_step(
+      mesh, schedule=schedule,
+      loss=losses.create_loss(config.loss, np.array([r["label"] for r in splits.train]),
+                              num_classes),
+      augment=device_augment.step_augment(config.data), mixup_alpha=config.loss.mixup_alpha,
+      ema_decay=training.ema_decay)
   evaluators = {name: inference.Evaluator(model, records, config.data, training.eval_batch_size,
                                           mesh) for name, records in eval_records.items()}
   start_step = int(state.step)

@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax.models import common, pooling
-from xray_jax.models import conv as conv_lib
 
 
 class ClassicCNN(nn.Module):
@@ -23,13 +22,11 @@ class ClassicCNN(nn.Module):
   dense: Sequence[int] = (256,)
   dropout: float = 0.3
   dtype: Any = jnp.float32
-  conv_impl: str = "xla"
   batch_norm_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    conv = functools.partial(nn.Conv, dtype=self.dtype,
-                             conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
     x = x.astype(self.dtype)
     for block, width in enumerate(self.widths):
       for _ in range(self.convs_per_block):

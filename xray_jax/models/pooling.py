@@ -1,12 +1,11 @@
 """Max-pooling whose gradient on the CPU is a sum of masked, strided taps.
 
 XLA:CPU differentiates `reduce_window(max)` through a variadic reduce-window that carries
-four index arrays the size of the padded input, then a scatter: it measured 2.3-5.5x slower
-than the forward-and-backward written here (ResNet's 3x3 stem pool and the CNN's 2x2 pools,
-batch 32, 2-core AVX-512 CPU), and a third of the classic CNN's train step at 224 px. Here
-the first tap of each window that holds its maximum (the tie-break XLA uses) takes the output
-gradient, and the taps are padded back into place and summed, all of it elementwise. Other
-platforms keep XLA's gradient.
+four index arrays the size of the padded input, then a scatter: slow, and memory the size of
+the input several times over. Here the first tap of each window that holds its maximum (the
+tie-break XLA uses) takes the output gradient, and the taps are padded back into place and
+summed, all of it elementwise, which XLA fuses. Other platforms keep XLA's gradient. Timings:
+docs/speed.md, "Max-pooling gradient".
 """
 
 import functools

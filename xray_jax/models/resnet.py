@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_jax.models import common, pooling
-from xray_jax.models import conv as conv_lib
 
 
 class ResidualBlock(nn.Module):
@@ -54,7 +53,7 @@ class Bottleneck(ResidualBlock):
 # cost ("fast": 4x4 convolution on non-overlapping patches, stride 4, then 3x3 max-pool,
 # stride 2), and "auto": the small stem below SMALL_STEM_BELOW pixels, else the ImageNet stem.
 STEMS = ("imagenet", "small", "fast", "auto")
-SMALL_STEM_BELOW = 28  # Measured: README, "Small images".
+SMALL_STEM_BELOW = 28  # Why 28: docs/results.md, "Input size and stem".
 
 
 def stem_for(stem: str, input_size: int) -> str:
@@ -73,7 +72,6 @@ class ResNet(nn.Module):
   width: int = 64
   dropout: float = 0.0
   dtype: Any = jnp.float32
-  conv_impl: str = "xla"
   batch_norm_momentum: float = 0.9
   stem: str = "imagenet"  # One of STEMS. Runs saved before this field used "imagenet".
 
@@ -81,8 +79,7 @@ class ResNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.batch_norm_momentum, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     x = x.astype(self.dtype)
     stem = stem_for(self.stem, x.shape[1])
     if stem == "small":

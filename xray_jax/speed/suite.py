@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xray_jax import input_pipeline, models, optimizers, sharding, train
+from xray_jax import input_pipeline, losses, models, optimizers, sharding, train
 from xray_jax.data import device_augment, folder
 from xray_jax.speed import model_flops, step_profile
 
@@ -86,11 +86,13 @@ class StepBenchmark:
     tx = optimizers.create_optimizer(config.optimizer, schedule)
     self.state = train.create_train_state(
         self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
-    self.batch = sharding.to_global_batch(
-        _random_batch(config, self.batch_size, num_classes), mesh)
+    host_batch = _random_batch(config, self.batch_size, num_classes)
+    self.batch = sharding.to_global_batch(host_batch, mesh)
     start = time.perf_counter()
-    step = train.make_train_step(mesh, schedule,
-                                 augment=device_augment.step_augment(config.data))
+    step = train.make_train_step(
+        mesh, schedule=schedule,
+        loss=losses.create_loss(config.loss, host_batch["label"], num_classes),
+        augment=device_augment.step_augment(config.data))
     traced = step.trace(self.state, self.batch)
     self.step = traced.lower().compile()
     self.compile_s = time.perf_counter() - start
@@ -183,7 +185,6 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   results: dict[str, Any] = {
       "model": config.model.name, "image_size": config.data.image_size,
       "batch_size": bench.batch_size, "dtype": config.model.dtype,
-      "conv_impl": config.model.get("conv_impl", "xla"),
       "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "devices": jax.device_count(), "compile_s": bench.compile_s,
       "train_images_per_s": train_images_per_s, "train_images_per_s_rounds": per_round,
