@@ -5,7 +5,7 @@ import pathlib
 import pytest
 from helpers import load_config_module
 
-from xray_jax import config_args, config_checks, errors, models
+from xray_jax import config_args, config_checks, config_help, errors, models
 from xray_jax.data import datasets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -100,3 +100,21 @@ def test_unknown_model_name_is_reported():
   config.model.name = "vgg"
   with pytest.raises(errors.ConfigError, match="'vgg'.*cnn, resnet18"):
     models.create_model(config.model, 2)
+
+
+@pytest.mark.parametrize("config_file, model, field, comment", [
+    ("pneumonia.py", "cnn", "loss.class_weights", "# none, balanced (inverse frequency)"),
+    ("pneumonia_3class.py", "cnn", "loss.class_weights", "# Viral cases are the smallest"),
+    ("pneumonia_cpu.py", "resnet18", "data.num_workers", "# Decoding in threads of the main"),
+    ("pneumonia_cpu.py", "resnet18", "model.dropout", "# Dropout rate before the classifier."),
+    ("pneumonia.py", "cnn", "model.dropout", "# Dropout rate before each dense layer"),
+])
+def test_print_config_takes_each_comment_from_the_file_that_sets_the_field(
+    config_file, model, field, comment):
+  """A variant's comment explains what it changes; the rest comes from the file it builds on,
+  never from an unrelated sibling, and model fields from the model's own family."""
+  path = CONFIG_DIR / config_file
+  config = load_config_module(path).get_config(f"model={model}")
+  line = next(x for x in config_help.describe(config, path).splitlines()
+              if x.startswith(f"{field} = "))
+  assert f"  {comment}" in line, line

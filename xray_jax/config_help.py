@@ -23,20 +23,40 @@ def list_configs(config_dir: pathlib.Path) -> str:
   return "\n".join(lines)
 
 
+# `"family": dict(` opens the fields of one model family in MODEL_FIELDS.
+_FAMILY = re.compile(r'^\s*"(\w+)": dict\(')
+# `config_args.import_sibling(__file__, "base")`: a variant of another config file.
+_BASE = re.compile(r'import_sibling\(__file__, "(\w+)"\)')
+
+
+def _config_chain(config_file: pathlib.Path) -> list[pathlib.Path]:
+  """The config files that `config_file` builds on, base first, then itself."""
+  base = _BASE.search(config_file.read_text())
+  parent = config_file.with_name(f"{base.group(1)}.py") if base else None
+  return [*(_config_chain(parent) if parent and parent.is_file() else []), config_file]
+
+
 def _field_comments(config_file: pathlib.Path) -> dict[str, str]:
-  """Field (dotted path, or bare name for model fields) -> comment, from the config file
-  and its siblings (variants import the base config, which documents every field)."""
-  siblings = sorted(p for p in config_file.parent.glob("*.py") if p != config_file)
+  """Field (dotted path, or FAMILY:NAME for a model family's field) -> comment, from the
+  config file and the files it builds on; a variant's own comment wins for what it sets."""
   comments = {}
-  for path in [config_file, *siblings]:  # Later files win: the base's comments explain.
+  for path in _config_chain(config_file):
     block: list[str] = []
+    family = ""
     for line in path.read_text().splitlines():
+      if match := _FAMILY.match(line):
+        family = match.group(1)
+      name, comment = None, None
       if match := _COMMENTED_FIELD.match(line):
-        comments[match.group(1)] = match.group(2).strip()
+        name, comment = match.group(1), match.group(2).strip()
       elif (match := _FIELD.match(line)) and block:
-        comments[match.group(1)] = " ".join(block)
-      comment = _COMMENT_LINE.match(line)
-      block = [*block, comment.group(1)] if comment else []
+        name, comment = match.group(1), " ".join(block)
+      if name:
+        comments[f"{family}:{name}" if family and "." not in name else name] = comment
+      if line.strip() == "),":
+        family = ""
+      comment_line = _COMMENT_LINE.match(line)
+      block = [*block, comment_line.group(1)] if comment_line else []
   return comments
 
 
@@ -53,8 +73,12 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[
 def describe(config: ml_collections.ConfigDict, config_file: pathlib.Path) -> str:
   """`field = value  # comment` for every field of `config`."""
   comments = _field_comments(config_file)
+  model = config.get("model", {}).get("name", "")
+  family = "resnet" if model.startswith("resnet") else model
   lines = []
   for name, value in _flatten(config):
-    comment = comments.get(name) or comments.get(name.rsplit(".", 1)[-1], "")
+    field = name.rsplit(".", 1)[-1]
+    comment = (comments.get(name) or comments.get(f"{family}:{field}")
+               or comments.get(field, ""))
     lines.append(f"{name} = {value!r}" + (f"  # {comment}" if comment else ""))
   return "\n".join(lines)
