@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import PIL.Image
@@ -267,3 +268,15 @@ def test_the_final_step_comes_from_the_run_not_the_dataset(trained_workdir, tmp_
   (workdir / workdir_lib.RUN).unlink()  # A run of an older version: counted from the data.
   with pytest.raises(errors.DataError, match="no such directory"):
     trained.final_step(workdir, config)
+
+
+def test_a_run_saved_with_conv_impl_still_loads(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["model"]["conv_impl"] = "xla"  # As runs saved while models took it have it.
+  (workdir / "config.json").write_text(json.dumps(saved))
+  loaded = trained.load(workdir)
+  assert "conv_impl" not in loaded.config.model
+  np.testing.assert_array_equal(jax.tree.leaves(loaded.variables)[0],
+                                jax.tree.leaves(trained.load(trained_workdir).variables)[0])

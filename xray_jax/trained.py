@@ -44,7 +44,11 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / workdir_lib.CONFIG
   if not path.is_file():
     raise errors.DataError(f"{path}: missing; is {workdir} a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = json.loads(path.read_text())
+  # Runs saved while models took `conv_impl` (whose default, XLA's kernels, is now the only
+  # way) name it in their model section.
+  saved.get("model", {}).pop("conv_impl", None)
+  return ml_collections.ConfigDict(saved)
 
 
 def wait_for_config(workdir: pathlib.Path, poll_seconds: float,
