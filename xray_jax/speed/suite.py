@@ -149,8 +149,8 @@ def run_torch_reference(script: str, python: str, model: str, size: int, batch: 
   """Runs the reference's `speed` command and returns its RESULT record."""
   path = pathlib.Path(script)
   if not path.is_file():
-    raise FileNotFoundError(f"--torch_script={script}: no such file (the PyTorch reference, "
-                            "../shared/peers/torch_baseline/train.py in a workspace)")
+    raise FileNotFoundError(f"--torch_script={script}: no such file (the plain-PyTorch "
+                            "reference script whose `speed` command prints RESULT {{json}})")
   if model not in TORCH_MODELS:
     raise ValueError(f"the PyTorch reference has no {model!r}; it has {', '.join(TORCH_MODELS)}")
   command = [python, str(path), "speed", "--model", model, "--size", str(size), "--batch",
