@@ -1,9 +1,10 @@
-"""XLA flags that xray_jax sets before JAX starts its backends.
+"""XLA flags that the binaries set in `main()`, before JAX starts its backends (importing the
+package sets nothing; a Python user opts in with `set_defaults()`).
 
-From jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK, which ran them at 70-180 GFLOP/s on a
-2-core AVX-512 CPU where XLA's Eigen kernels reached 125-195 (forward and gradients, ResNet
-layer shapes, batch 32): training steps measured 1.2-1.6x faster with convolutions left to
-Eigen. Matmuls and reductions stay with YNNPACK. Only CPU compilations read these flags.
+From jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK, whose kernels ran our ResNet layer
+shapes slower than XLA's Eigen kernels, and whole training steps with them too
+(docs/speed.md has the figures), so convolutions are left to Eigen; matmuls and reductions
+stay with YNNPACK. Only CPU compilations read these flags.
 """
 
 import importlib.metadata
