@@ -16,8 +16,11 @@ its meaning.
 
 import pathlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -58,7 +61,10 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(local_device_ids=local_device_ids)
 
 
-def main(argv: list[str]) -> None:
+def run_job(argv: list[str], job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+  """The body of a training binary's `main`: handles the flags defined here (--print_config,
+  --workdir, --huge_pages, the multi-process ones), then runs `job(config, workdir)`; a
+  one-line error exits with status 1, a preemption with status 75."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.print_config:
@@ -74,12 +80,16 @@ def main(argv: list[str]) -> None:
   logging.info("JAX process %d of %d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    job(FLAGS.config, FLAGS.workdir)
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
   except errors.Preempted as e:
     logging.warning("%s (exit status %d)", e, preemption.RESUBMIT_EXIT_CODE)
     sys.exit(preemption.RESUBMIT_EXIT_CODE)
+
+
+def main(argv: list[str]) -> None:
+  run_job(argv, train.train_and_evaluate)
 
 
 if __name__ == "__main__":

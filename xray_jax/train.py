@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -122,14 +123,18 @@ def inference_variables(state: TrainState) -> dict[str, Any]:
   return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def make_train_step(mesh: jax.sharding.Mesh, **step_args: Any):
-  """`train_step` compiled for `mesh` with its keyword arguments `step_args` (schedule, loss,
-  ...): state replicated and donated, batch sharded."""
+def jit_step(step: Callable[..., tuple[Any, dict[str, jax.Array]]], mesh: jax.sharding.Mesh):
+  """`step` (state, batch) -> (state, metrics) compiled for `mesh`: state replicated and
+  donated, batch sharded."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(
-      functools.partial(train_step, **step_args),
-      in_shardings=(replicated, sharding.batch_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def make_train_step(mesh: jax.sharding.Mesh, **step_args: Any):
+  """`train_step` compiled for `mesh` (`jit_step`) with its keyword arguments `step_args`
+  (schedule, loss, ...)."""
+  return jit_step(functools.partial(train_step, **step_args), mesh)
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
@@ -174,6 +179,115 @@ def record_split(workdir: pathlib.Path, splits: datasets.Splits) -> None:
                                  json.dumps(splits.new_split, indent=1))
 
 
+def record_run(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+               splits: datasets.Splits, total_steps: int, steps_per_epoch: int,
+               class_names: tuple[str, ...] | None = None) -> None:
+  """Writes (process 0) the run's validation split, length, class names if given, and its
+  config last: jobs that wait for a run wait for the config."""
+  if jax.process_index() != 0:
+    return
+  record_split(workdir, splits)
+  workdir_lib.write_atomically(workdir / workdir_lib.RUN, json.dumps(
+      {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}))
+  if class_names is not None:
+    workdir_lib.write_atomically(workdir / workdir_lib.CLASSES, json.dumps(list(class_names)))
+  workdir_lib.write_atomically(workdir / workdir_lib.CONFIG, config.to_json_best_effort(indent=2))
+
+
+def open_checkpoints(workdir: pathlib.Path, training: ml_collections.ConfigDict, state: Any,
+                     train_iter: grain.DatasetIterator
+                     ) -> tuple[checkpointing.Checkpointer, Any | None]:
+  """The run's checkpointer, and the state of its latest checkpoint (`train_iter` moved to
+  where it was then), or None when there is none yet."""
+  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
+                                            training.keep_checkpoints,
+                                            best_metric=training.best_metric)
+  restored = checkpointer.restore_latest(state, train_iter, fall_back=training.restore_fallback)
+  if restored is not None:
+    logging.info("Resumed from the checkpoint of step %d in %s", int(restored.step), workdir)
+  return checkpointer, restored
+
+
+def run_loop(
+    workdir: pathlib.Path, training: ml_collections.ConfigDict, state: Any,
+    step_fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]],
+    train_iter: grain.DatasetIterator, checkpointer: checkpointing.Checkpointer,
+    mesh: jax.sharding.Mesh, total_steps: int, steps_per_epoch: int,
+    evaluate: Callable[[Any], dict[str, dict[str, float]]] | None = None,
+) -> dict[str, float]:
+  """Runs `step_fn` (state, global batch) -> (state, metrics) from the state's step to
+  `total_steps` on batches of `train_iter`, the loop that supervised training and
+  pretraining share.
+
+  Writes the train metrics (loss, accuracy, grad_norm, learning_rate) every
+  `training.log_every_steps`, saves the state with the iterator's position every
+  `training.checkpoint_every_steps`, at the end and on a preemption notice (then raises
+  `errors.Preempted`), and, given `evaluate` (state -> each set's metrics), evaluates every
+  `training.eval_every_steps` and at the end. Returns the last evaluation's metrics
+  ("SET/METRIC"; {} without `evaluate`) and closes `checkpointer`.
+  """
+  is_chief = jax.process_index() == 0
+  start_step = int(state.step)
+  writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
+  preemption_watcher = preemption.PreemptionWatcher()
+
+  progress = training_progress.TrainingProgress(
+      start_step, total_steps, steps_per_epoch, training.global_batch_size, enabled=is_chief)
+  eval_every = _every(training.eval_every_steps, steps_per_epoch)
+  checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
+  val_metrics: dict[str, float] = {}
+  pending: list[dict[str, jax.Array]] = []
+  logging.info("Compiling the train step; step %d follows", start_step + 1)
+  started = time.perf_counter()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = sharding.to_global_batch(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      progress.advance()
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        logging.info("Step %d done in %.1f s, compilation included", step,
+                     time.perf_counter() - started)
+      is_last = step == total_steps
+      preempted = preemption_watcher.should_stop(step) and not is_last
+      do_eval = ((step % eval_every == 0 or is_last) and not preempted
+                 and evaluate is not None)
+      do_save = step % checkpoint_every == 0 or is_last or preempted
+      if step % training.log_every_steps == 0 or do_eval or do_save:
+        train_metrics = _mean_metrics(pending, step)
+        pending = []
+        images_per_s = progress.report(step, train_metrics)
+        writer.write(step, {
+            **{f"train/{k}": v for k, v in train_metrics.items()},
+            "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
+      if do_save:  # Before validation: a failure there must not lose the training.
+        checkpointer.save(step, state, train_iter)
+      if do_eval:
+        results = evaluate(state)
+        checkpointer.record_validation(step, validation_record(results))
+        progress.show_evaluation(step, results)
+        val_metrics = prefixed(results)
+        writer.write(step, val_metrics)
+      if preempted:
+        checkpointer.wait_until_finished()
+        # Exit together: a launcher may stop every process once the first one exits.
+        multihost_utils.sync_global_devices("xray_jax: preemption checkpoint final")
+        raise errors.Preempted(step)
+      if do_eval or do_save:
+        progress.restart_clock()  # Keep validation and saving out of images/s.
+    if start_step >= total_steps:
+      logging.info("Training already finished at step %d in %s", start_step, workdir)
+      if evaluate is not None:
+        val_metrics = prefixed(evaluate(state))
+  finally:
+    progress.close()
+    preemption_watcher.close()
+    checkpointer.close()
+    writer.close()
+  return val_metrics
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the configured model in `workdir`, resuming from its latest checkpoint, and
   returns the last metrics of validation and the named sets ("val/auc", "external/auc", ...).
@@ -181,16 +295,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises `errors.Preempted` after saving a checkpoint when a preemption notice (SIGTERM)
   arrives, and `errors.WorkdirBusyError` if another trainer uses `workdir`.
   """
-  config_checks.check_config(config)
+  return run_in_workdir(config, workdir, config_checks.check_config, _train)
+
+
+def run_in_workdir(
+    config: ml_collections.ConfigDict, workdir: str,
+    check: Callable[[ml_collections.ConfigDict], None],
+    job: Callable[[ml_collections.ConfigDict, pathlib.Path], dict[str, float]],
+) -> dict[str, float]:
+  """`job(config, workdir)` on the config checked by `check`, resolved, with its local data
+  paths absolute, holding the workdir's lock (`workdir_lib.hold`)."""
+  check(config)
   config = config.copy_and_resolve_references()
   datasets.make_paths_absolute(config.data)
   workdir = pathlib.Path(workdir)
   with workdir_lib.hold(workdir):
-    return _train(config, workdir)
+    return job(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
-  is_chief = jax.process_index() == 0
   mesh = sharding.make_mesh()
   training = config.training
   sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
@@ -201,15 +324,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   num_classes = len(splits.class_names)
   eval_records = {"val": splits.val, **eval_sets.load(config.data.eval_sets, splits)}
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
-  eval_every = _every(training.eval_every_steps, steps_per_epoch)
-  checkpoint_every = _every(training.checkpoint_every_steps, steps_per_epoch)
-  if is_chief:  # The config last: jobs that wait for a run wait for it.
-    record_split(workdir, splits)
-    workdir_lib.write_atomically(workdir / workdir_lib.RUN, json.dumps(
-        {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}))
-    workdir_lib.write_atomically(workdir / workdir_lib.CLASSES,
-                                 json.dumps(list(splits.class_names)))
-    workdir_lib.write_atomically(workdir / workdir_lib.CONFIG, config.to_json_best_effort(indent=2))
+  record_run(workdir, config, splits, total_steps, steps_per_epoch, splits.class_names)
   logging.info("%d classes %s; %d train images, evaluated on %s; %d devices, %d processes; "
                "%d steps of %d images (%d per epoch)", num_classes, splits.class_names,
                len(splits.train),
@@ -228,14 +343,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   train_iter = iter(input_pipeline.create_train_dataset(
       splits.train, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
-  checkpointer = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS,
-                                            training.keep_checkpoints,
-                                            best_metric=training.best_metric)
-  restored = checkpointer.restore_latest(state, train_iter,
-                                         fall_back=training.restore_fallback)
+  checkpointer, restored = open_checkpoints(workdir, training, state, train_iter)
   if restored is not None:
     state = restored
-    logging.info("Resumed from the checkpoint of step %d in %s", int(state.step), workdir)
   elif config.finetune.init_from:
     state = finetune.load_source(state, config.finetune.init_from, mesh)
 
@@ -248,60 +358,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   evaluators = {name: inference.Evaluator(model, records, config.data, training.eval_batch_size,
                                           mesh) for name, records in eval_records.items()}
   start_step = int(state.step)
-  writer = metric_writers.MetricWriter(workdir, start_step, enabled=is_chief)
-  preemption_watcher = preemption.PreemptionWatcher()
-
-  progress = training_progress.TrainingProgress(
-      start_step, total_steps, steps_per_epoch, training.global_batch_size, enabled=is_chief)
-  val_metrics: dict[str, float] = {}
-  pending: list[dict[str, jax.Array]] = []
-  logging.info("Compiling the train step; step %d follows", start_step + 1)
-  started = time.perf_counter()
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = sharding.to_global_batch(next(train_iter), mesh)
-      state, metrics = p_train_step(state, batch)
-      pending.append(metrics)
-      progress.advance()
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)
-        logging.info("Step %d done in %.1f s, compilation included", step,
-                     time.perf_counter() - started)
-      is_last = step == total_steps
-      preempted = preemption_watcher.should_stop(step) and not is_last
-      do_eval = (step % eval_every == 0 or is_last) and not preempted
-      do_save = step % checkpoint_every == 0 or is_last or preempted
-      if step % training.log_every_steps == 0 or do_eval or do_save:
-        train_metrics = _mean_metrics(pending, step)
-        pending = []
-        images_per_s = progress.report(step, train_metrics)
-        writer.write(step, {
-            **{f"train/{k}": v for k, v in train_metrics.items()},
-            "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
-      if do_save:  # Before validation: a failure there must not lose the training.
-        checkpointer.save(step, state, train_iter)
-      if do_eval:
-        results = evaluate_all(evaluators, inference_variables(state))
-        checkpointer.record_validation(step, validation_record(results))
-        progress.show_evaluation(step, results)
-        val_metrics = prefixed(results)
-        writer.write(step, val_metrics)
-      if preempted:
-        checkpointer.wait_until_finished()
-        # Exit together: a launcher may stop every process once the first one exits.
-        multihost_utils.sync_global_devices("xray_jax: preemption checkpoint final")
-        raise errors.Preempted(step)
-      if do_eval or do_save:
-        progress.restart_clock()  # Keep validation and saving out of images/s.
-    if start_step >= total_steps:
-      logging.info("Training already finished at step %d in %s", start_step, workdir)
-      val_metrics = prefixed(evaluate_all(evaluators, inference_variables(state)))
-  finally:
-    progress.close()
-    preemption_watcher.close()
-    checkpointer.close()
-    writer.close()
-  if is_chief:
+  val_metrics = run_loop(
+      workdir, training, state, p_train_step, train_iter, checkpointer, mesh,
+      total_steps, steps_per_epoch,
+      evaluate=lambda state: evaluate_all(evaluators, inference_variables(state)))
+  if jax.process_index() == 0:
     best = checkpointer.best_step()
     training_progress.log_summary(workdir, max(start_step, total_steps), best,
                                   checkpointer.validation(best), training.best_metric)
