@@ -102,6 +102,22 @@ class _Augmented:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Views:
+  """`count` views of a loaded image, each augmented with its own draws, normalized and
+  stacked: {"views": [count, S, S, C]} (self-supervised pretraining; no label)."""
+
+  preprocess: Preprocess
+  augment_config: ml_collections.ConfigDict
+  count: int
+
+  def __call__(self, loaded: tuple[np.ndarray, int],
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image, label = loaded
+    return {"views": np.stack([self.preprocess.finish(image, label, self.augment_config, rng)
+                               ["image"] for _ in range(self.count)])}
+
+
+@dataclasses.dataclass(frozen=True)
 class _Indexed:
   """Preprocesses the record at an index, keeping the index and whether it is padding."""
 
@@ -149,7 +165,7 @@ def class_balanced(records: Sequence[Record], seed: int) -> list[Record]:
 
 def create_train_dataset(
     records: Sequence[Record], data_config: ml_collections.ConfigDict, global_batch_size: int,
-    seed: int, process_index: int = 0, process_count: int = 1,
+    seed: int, process_index: int = 0, process_count: int = 1, views: int = 1,
 ) -> grain.IterDataset:
   """An endless, shuffled, augmented stream of this process's share of each global batch.
 
@@ -160,7 +176,9 @@ def create_train_dataset(
   With `data.balanced_sampling`, the smaller classes are oversampled to the largest one's
   count, so each class fills about the same share of every batch. With `data.cache_images`,
   each process first loads every record once (before augmentation) into a file that its
-  workers share, so every epoch only augments.
+  workers share, so every epoch only augments. With `views` > 1 (pretraining: host
+  augmentation, labels unused), each example is {"views": [views, S, S, C]} instead, each
+  view augmented independently.
   """
   records = class_balanced(records, seed) if data_config.balanced_sampling else list(records)
   preprocess = Preprocess.from_config(data_config)
@@ -172,8 +190,11 @@ def create_train_dataset(
   ds = grain.MapDataset.source(records).map_with_index(_Loaded(preprocess, cache, len(records)))
   ds = ds.shuffle(seed=seed).repeat()
   on_host = not device_augment.on_device(data_config)
-  ds = ds.random_map(_Augmented(preprocess, data_config.augment if on_host else None),
-                     seed=seed)
+  if views > 1:
+    ds = ds.random_map(_Views(preprocess, data_config.augment, views), seed=seed)
+  else:
+    ds = ds.random_map(_Augmented(preprocess, data_config.augment if on_host else None),
+                       seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
                                           process_count), data_config)
 
