@@ -2,6 +2,8 @@
 
 Every parameter and BatchNorm statistic whose path and shape match the source's is loaded;
 the rest (a classifier head for another number of classes) keeps its fresh initialization.
+A self-supervised pretraining run (`xray_jax.pretrain`) is a source too: it holds the
+backbone only (and a projector that nothing here reads), so every head starts fresh.
 Freezing the backbone or lowering its learning rate is the optimizer's part
 (`optimizers.create_optimizer`).
 """
@@ -45,19 +47,19 @@ def load_source(state: Any, init_from: str, mesh: jax.sharding.Mesh) -> Any:
   moving average, if it kept one); logs what was loaded and what was not."""
   workdir, checkpoint = parse_init_from(init_from)
   try:
-    source = trained.load(workdir, checkpoint, mesh)
+    step, variables = trained.load_variables(workdir, checkpoint, mesh)
   except errors.XrayError as e:
     raise errors.ConfigError(f"config.finetune.init_from={init_from!r}: {e}") from e
-  variables = jax.device_get(source.variables)
+  variables = jax.device_get(variables)
   loaded, skipped = [], []
   params = _merge(state.params, variables["params"], "params/", loaded, skipped)
   batch_stats = _merge(state.batch_stats, variables.get("batch_stats", {}), "batch_stats/",
                        loaded, skipped)
   if not loaded:
     raise errors.ConfigError(f"config.finetune.init_from={init_from!r}: no parameter of "
-                             f"{source.workdir} (step {source.step}) fits this model")
+                             f"{workdir} (step {step}) fits this model")
   logging.info("Initialized from %s, step %d: %d arrays loaded; %d kept fresh: %s",
-               source.workdir, source.step, len(loaded), len(skipped),
+               workdir, step, len(loaded), len(skipped),
                ", ".join(skipped) or "none")
   state = state.replace(params=params, batch_stats=batch_stats)
   if state.ema:

@@ -4,7 +4,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +13,15 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from xray_jax import checkpointing, errors, input_pipeline, models, optimizers, sharding
+from xray_jax import (
+  checkpointing,
+  contrastive,
+  errors,
+  input_pipeline,
+  models,
+  optimizers,
+  sharding,
+)
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets
 
@@ -98,13 +106,11 @@ def resolve_step(checkpointer: checkpointing.Checkpointer, checkpoint: str | int
       f"checkpoint {checkpoint!r}: expected latest, best or one of the steps {steps}")
 
 
-def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
-         mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
-  """Rebuilds the model from the run's saved config and restores its variables only."""
-  workdir = pathlib.Path(workdir).expanduser()
-  config = load_config(workdir)
-  class_names = load_class_names(workdir)
-  model = models.create_model(config.model, len(class_names))
+def _restore(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+             checkpoint: str | int, mesh: jax.sharding.Mesh | None,
+             init: Callable[[jax.Array, jax.Array], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+  """(step, variables) of the checkpoint named `checkpoint`: `init(rng, images)`'s params and
+  batch_stats (their moving average, if the run kept one), replicated over `mesh`."""
   mesh = mesh or sharding.make_mesh()
   checkpointer = checkpointing.Checkpointer(
       workdir / workdir_lib.CHECKPOINTS, read_only=True,
@@ -113,7 +119,7 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
     step = resolve_step(checkpointer, checkpoint)
     shape = (1, *input_pipeline.input_shape(config.data))
     replicated = sharding.replicated(mesh)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+    abstract = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), jnp.zeros(shape)))
     abstract = {
         name: jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
@@ -125,7 +131,37 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
       variables = checkpointer.restore_variables(step, abstract)
   finally:
     checkpointer.close()
-  return TrainedRun(workdir, config, class_names, model, step, dict(variables))
+  return step, dict(variables)
+
+
+def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
+         mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
+  """Rebuilds the model from the run's saved config and restores its variables only."""
+  workdir = pathlib.Path(workdir).expanduser()
+  config = load_config(workdir)
+  if contrastive.is_pretraining(config):
+    raise errors.DataError(
+        f"{workdir} is a self-supervised pretraining run, without a classifier: fine-tune "
+        f"from it (--config.finetune.init_from={workdir}), then use that run")
+  class_names = load_class_names(workdir)
+  model = models.create_model(config.model, len(class_names))
+  step, variables = _restore(workdir, config, checkpoint, mesh, model.init)
+  return TrainedRun(workdir, config, class_names, model, step, variables)
+
+
+def load_variables(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
+                   mesh: jax.sharding.Mesh | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, variables) of a run's checkpoint, for fine-tuning: a classifier's (its moving
+  average if kept), or a pretraining run's backbone with its `projector`
+  (`contrastive.Encoder`)."""
+  workdir = pathlib.Path(workdir).expanduser()
+  config = load_config(workdir)
+  if not contrastive.is_pretraining(config):
+    run = load(workdir, checkpoint, mesh)
+    return run.step, run.variables
+  encoder = contrastive.Encoder.create(config.model, config.pretrain,
+                                       input_pipeline.input_shape(config.data))
+  return _restore(workdir, config, checkpoint, mesh, encoder.init)
 
 
 def uses_ema(config: ml_collections.ConfigDict) -> bool:
