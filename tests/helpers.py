@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -20,8 +21,9 @@ import numpy as np
 import optax
 import PIL.Image
 import pydicom
+import pytest
 
-from xray_jax import losses, models, optimizers, sharding, train
+from xray_jax import checkpointing, errors, losses, models, optimizers, sharding, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,38 @@ def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
   from xray_jax import trained
 
   return [np.asarray(x) for x in jax.tree.leaves(trained.load(workdir, "latest").variables)]
+
+
+class Killed(Exception):
+  """Stops a run right after a checkpoint (`kill_after_saving`)."""
+
+
+def kill_after_saving(monkeypatch, step: int, run: Callable[[], object]) -> None:
+  """Runs `run()` with every checkpointer raising Killed right after it saves `step`; fails
+  unless it does."""
+  original = checkpointing.Checkpointer.save
+
+  def save_then_die(self, saved, *args, **kwargs):
+    original(self, saved, *args, **kwargs)
+    if saved == step:
+      raise Killed
+
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.Checkpointer, "save", save_then_die)
+    with pytest.raises(Killed):
+      run()
+
+
+def assert_config_error(run: Callable[[ml_collections.ConfigDict, str], object],
+                        config: ml_collections.ConfigDict, field: str, value: object,
+                        message: str, workdir: pathlib.Path) -> None:
+  """`run(config, workdir)` with the config's `field` (SECTION.KEY) set to `value` raises a
+  one-line ConfigError that holds `message`."""
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(errors.ConfigError, match=re.escape(message)) as e:
+    run(config, str(workdir))
+  assert "\n" not in str(e.value)
 
 
 def run_in_terminal(command: list[str], devices: int = 2) -> tuple[int, str]:

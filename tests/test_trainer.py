@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from helpers import make_dataset, tiny_config
+from helpers import assert_config_error, kill_after_saving, make_dataset, tiny_config
 
 from xray_jax import checkpointing, errors, inference, models, optimizers, sharding, train, trained
 from xray_jax.data import datasets
@@ -30,10 +30,6 @@ def restore_state(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh, step=N
     checkpointer.close()
 
 
-class _Preempted(Exception):
-  pass
-
-
 def _record_train_batches(monkeypatch) -> list[bytes]:
   seen = []
   original = sharding.to_global_batch
@@ -54,17 +50,8 @@ def test_resume_gives_the_same_params_and_batches(dataset_dir, tmp_path, monkeyp
   monkeypatch.undo()
 
   seen_resumed = _record_train_batches(monkeypatch)
-  original_save = checkpointing.Checkpointer.save
-
-  def save_then_die(self, step, *args, **kwargs):
-    original_save(self, step, *args, **kwargs)
-    if step == 2:
-      raise _Preempted
-
-  with monkeypatch.context() as patch:
-    patch.setattr(checkpointing.Checkpointer, "save", save_then_die)
-    with pytest.raises(_Preempted):
-      train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  kill_after_saving(monkeypatch, 2,
+                    lambda: train.train_and_evaluate(config, str(tmp_path / "resumed")))
   assert len(seen_resumed) == 2
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
@@ -237,11 +224,8 @@ def test_named_sets_are_evaluated_recorded_and_can_choose_the_best(dataset_dir, 
     ("training.best_metric", "val/f1", "training.best_metric='val/f1'"),
 ])
 def test_bad_named_sets_are_one_line_errors(dataset_dir, tmp_path, field, value, message):
-  config = tiny_config(dataset_dir)
-  section, key = field.split(".")
-  config[section][key] = value
-  with pytest.raises(errors.ConfigError, match=message.replace(".", r"\.")):
-    train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert_config_error(train.train_and_evaluate, tiny_config(dataset_dir), field, value, message,
+                      tmp_path / "work")
 
 
 def test_a_named_test_set_needs_a_test_split(dataset_dir, tmp_path):

@@ -13,7 +13,8 @@ from xray_jax.models import resnet
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
 
 
-def _require(ok: bool, key: str, value, expected: str) -> None:
+def require(ok: bool, key: str, value, expected: str) -> None:
+  """Raises ConfigError "config.KEY=VALUE: expected ..." unless `ok`."""
   if not ok:
     raise errors.ConfigError(f"config.{key}={value!r}: expected {expected}")
 
@@ -37,96 +38,96 @@ def _group_count(pattern: str) -> int:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
-  _require(bool(data.dir) or data.source not in ("folder", "dicom_csv"), "data.dir", data.dir,
+  require(bool(data.dir) or data.source not in ("folder", "dicom_csv"), "data.dir", data.dir,
            "the dataset root folder")
-  _require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
-  _require(data.std > 0, "data.std", data.std, "a positive number")
-  _require(data.intensity in intensity.METHODS, "data.intensity", data.intensity,
+  require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
+  require(data.std > 0, "data.std", data.std, "a positive number")
+  require(data.intensity in intensity.METHODS, "data.intensity", data.intensity,
            " or ".join(intensity.METHODS))
-  _require(0 < data.clahe_clip_limit <= 1, "data.clahe_clip_limit", data.clahe_clip_limit,
+  require(0 < data.clahe_clip_limit <= 1, "data.clahe_clip_limit", data.clahe_clip_limit,
            "a value in (0, 1]")
-  _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
+  require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
            "a fraction in (0, 1)")
-  _require(_group_count(data.group_pattern) >= 1, "data.group_pattern", data.group_pattern,
+  require(_group_count(data.group_pattern) >= 1, "data.group_pattern", data.group_pattern,
            "a regular expression with a group (the patient id)")
-  _require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
+  require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
            data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
-  _require(data.check_images in image_check.MODES, "data.check_images", data.check_images,
+  require(data.check_images in image_check.MODES, "data.check_images", data.check_images,
            ", ".join(image_check.MODES))
-  _require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
+  require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
            "empty, md5:HEX or sha256:HEX")
   if data.source == "npz":
-    _require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
+    require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):
-    _require(data.tfds_name.split("/")[0] in tfds_builders.BUILDERS, "data.tfds_name",
+    require(data.tfds_name.split("/")[0] in tfds_builders.BUILDERS, "data.tfds_name",
              data.tfds_name, f"one of {', '.join(tfds_builders.BUILDERS)} (NAME/CONFIG)")
   cache_dir = data.get("cache_dir", "")
-  _require(not cache_dir or pathlib.Path(cache_dir).is_dir(), "data.cache_dir", cache_dir,
+  require(not cache_dir or pathlib.Path(cache_dir).is_dir(), "data.cache_dir", cache_dir,
            "empty (the system's temporary folder) or an existing folder")
   for key in ("num_workers", "read_threads", "prefetch"):
-    _require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
+    require(data[key] >= (0 if key == "num_workers" else 1), f"data.{key}", data[key],
              "a non-negative integer" if key == "num_workers" else "a positive integer")
   augment_on = data.get("augment_on", "host")
-  _require(augment_on in AUGMENT_ON, "data.augment_on", augment_on, " or ".join(AUGMENT_ON))
-  _require(aug.rotation_degrees >= 0, "data.augment.rotation_degrees", aug.rotation_degrees,
+  require(augment_on in AUGMENT_ON, "data.augment_on", augment_on, " or ".join(AUGMENT_ON))
+  require(aug.rotation_degrees >= 0, "data.augment.rotation_degrees", aug.rotation_degrees,
            ">= 0")
-  _require(0 < aug.scale_min <= aug.scale_max, "data.augment.scale_min", aug.scale_min,
+  require(0 < aug.scale_min <= aug.scale_max, "data.augment.scale_min", aug.scale_min,
            f"0 < scale_min <= scale_max ({aug.scale_max})")
-  _require(0 < aug.crop_area_min <= 1, "data.augment.crop_area_min", aug.crop_area_min,
+  require(0 < aug.crop_area_min <= 1, "data.augment.crop_area_min", aug.crop_area_min,
            "a value in (0, 1]; 1 disables the random resized crop")
   for key in ("translate_fraction", "hflip_prob", "brightness", "contrast", "gamma",
               "blur_sigma", "noise_std"):
-    _require(0 <= aug[key] <= 1, f"data.augment.{key}", aug[key], "a value in [0, 1]")
+    require(0 <= aug[key] <= 1, f"data.augment.{key}", aug[key], "a value in [0, 1]")
   if config.model.name == "cnn":
-    _require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
+    require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
   if config.model.name.startswith("resnet"):
     stem = config.model.get("stem", "imagenet")
-    _require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
-  _require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
+    require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
+  require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
            " or ".join(losses.LOSSES))
-  _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
+  require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
-  _require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,
+  require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,
            ">= 0; 0 disables mixup")
-  _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
+  require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
            config.optimizer.learning_rate, "a positive number")
-  _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
+  require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
            config.optimizer.weight_decay, ">= 0")
   for key in ("global_batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
-    _require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
-  _require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
+    require(training[key] > 0, f"training.{key}", training[key], "a positive integer")
+  require(training.num_train_steps > 0 or training.num_epochs > 0, "training.num_epochs",
            training.num_epochs, "> 0 (or training.num_train_steps > 0)")
-  _require(config.finetune.backbone_learning_rate_scale >= 0,
+  require(config.finetune.backbone_learning_rate_scale >= 0,
            "finetune.backbone_learning_rate_scale",
            config.finetune.backbone_learning_rate_scale, ">= 0 (relative to the head's)")
-  _require(0 <= training.ema_decay < 1, "training.ema_decay", training.ema_decay,
+  require(0 <= training.ema_decay < 1, "training.ema_decay", training.ema_decay,
            "a value in [0, 1); 0 disables the moving average")
   sets = ("val", *eval_sets.parse(config.data.get("eval_sets", "")))
   best_set, _, best_name = training.get("best_metric", "val/auc").partition("/")
-  _require(best_set in sets and best_name in ("auc", "accuracy", "nll"), "training.best_metric",
+  require(best_set in sets and best_name in ("auc", "accuracy", "nll"), "training.best_metric",
            training.get("best_metric"), f"SET/METRIC with SET one of {', '.join(sets)} and "
            "METRIC auc, accuracy or nll")
   check_evaluation_config(config.evaluation)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
-    _require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],
+    require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],
              "a positive integer, or -1 for once per epoch")
 
 
 def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for a bad `config.evaluation` value."""
-  _require(evaluation.threshold_method in metrics.THRESHOLD_METHODS, "evaluation.threshold_method",
+  require(evaluation.threshold_method in metrics.THRESHOLD_METHODS, "evaluation.threshold_method",
            evaluation.threshold_method, ", ".join(metrics.THRESHOLD_METHODS))
   if evaluation.threshold_method == "fixed":
-    _require(0 < evaluation.get("fixed_threshold", -1) < 1, "evaluation.fixed_threshold",
+    require(0 < evaluation.get("fixed_threshold", -1) < 1, "evaluation.fixed_threshold",
              evaluation.get("fixed_threshold"), "a value in (0, 1)")
-  _require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
+  require(0 < evaluation.target_sensitivity <= 1, "evaluation.target_sensitivity",
            evaluation.target_sensitivity, "a value in (0, 1]")
   resamples = evaluation.get("bootstrap_resamples", 1000)
-  _require(isinstance(resamples, int) and resamples >= 0, "evaluation.bootstrap_resamples",
+  require(isinstance(resamples, int) and resamples >= 0, "evaluation.bootstrap_resamples",
            resamples, "0 (no intervals) or a number of resamples")
   level = evaluation.get("confidence_level", 0.95)
-  _require(0 < level < 1, "evaluation.confidence_level", level, "a value in (0, 1)")
+  require(0 < level < 1, "evaluation.confidence_level", level, "a value in (0, 1)")
   tta.configured_views(evaluation)  # Raises ConfigError for an unknown view.
-  _require(evaluation.calibration_bins >= 1, "evaluation.calibration_bins",
+  require(evaluation.calibration_bins >= 1, "evaluation.calibration_bins",
            evaluation.calibration_bins, "a positive integer")
