@@ -173,6 +173,10 @@ def test_fine_tuning_loads_the_backbone_exactly_and_the_head_fresh(dataset_dir, 
   config.finetune.init_from = str(source)  # The whole fine-tuning run, too.
   assert "val/auc" in train.train_and_evaluate(config, str(tmp_path / "tuned"))
 
+  config.data.split_seed = 1  # Another validation split: some of it was pretrained on.
+  with pytest.raises(errors.ConfigError, match=r"pretrained on \d+ of this run's validation"):
+    train.train_and_evaluate(config, str(tmp_path / "leaky"))
+
 
 def write_smooth_images(root: pathlib.Path, per_class: int = 24) -> pathlib.Path:
   """ROOT/train/{NORMAL,PNEUMONIA}/*.png: 32x32 images, each a random 4x4 pattern upsampled,

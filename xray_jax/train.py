@@ -347,6 +347,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   if restored is not None:
     state = restored
   elif config.finetune.init_from:
+    finetune.check_validation_unseen(config.finetune.init_from, config.data, splits)
     state = finetune.load_source(state, config.finetune.init_from, mesh)
 
   p_train_step = make_train_step(
