@@ -27,7 +27,7 @@ from xray_jax import (
   input_pipeline,
   models,
   optimizers,
-  pretrain,
+  pretraining,
   train,
   trained,
 )
@@ -73,7 +73,7 @@ def test_two_views_differ_and_batches_are_deterministic_per_seed(dataset_dir, tm
 
   def first_batch(seed):
     return next(iter(input_pipeline.create_train_dataset(
-        records, config.data, 8, seed, views=pretrain.VIEWS)))["views"]
+        records, config.data, 8, seed, views=pretraining.VIEWS)))["views"]
 
   views = first_batch(0)
   assert views.shape == (8, 2, 16, 16, 1)
@@ -88,14 +88,14 @@ def test_extra_images_are_added_and_held_out_images_refused(tmp_path):
   paths = sorted(str(p) for p in extra.rglob("*.*"))
   record = lambda path: {"path": path, "label": 0}
   splits = Splits(("A", "B"), train=[record(paths[0])], val=[], test=[])
-  found = pretrain.extra_records(f"{extra / 'train' / 'NORMAL'}, {extra}", splits)
+  found = pretraining.extra_records(f"{extra / 'train' / 'NORMAL'}, {extra}", splits)
   assert sorted(r["path"] for r in found) == paths[1:]  # Each once, none of train again.
   for held_out in ("val", "test"):
     splits = Splits(("A", "B"), train=[], val=[], test=[])
     getattr(splits, held_out).append(record(paths[2]))
     with pytest.raises(errors.ConfigError, match=r"config\.pretrain\.extra_dirs: .* holds 1 "
                                                  "validation or test images"):
-      pretrain.extra_records(str(extra), splits)
+      pretraining.extra_records(str(extra), splits)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -105,7 +105,7 @@ def test_extra_images_are_added_and_held_out_images_refused(tmp_path):
     ("pretrain.extra_dirs", "/nowhere", "config.pretrain.extra_dirs: '/nowhere' holds no"),
 ])
 def test_bad_pretrain_values_are_one_line_errors(dataset_dir, tmp_path, field, value, message):
-  assert_config_error(pretrain.pretrain, pretrain_config(dataset_dir), field, value, message,
+  assert_config_error(pretraining.pretrain, pretrain_config(dataset_dir), field, value, message,
                       tmp_path / "work")
 
 
@@ -126,10 +126,10 @@ def test_resumed_pretraining_equals_an_uninterrupted_one_and_skips_validation(
     return original_dataset(records, *args, **kwargs)
 
   monkeypatch.setattr(input_pipeline, "create_train_dataset", recording)
-  pretrain.pretrain(config, str(tmp_path / "straight"))
+  pretraining.pretrain(config, str(tmp_path / "straight"))
 
-  kill_after_saving(monkeypatch, 2, lambda: pretrain.pretrain(config, str(tmp_path / "resumed")))
-  pretrain.pretrain(config, str(tmp_path / "resumed"))
+  kill_after_saving(monkeypatch, 2, lambda: pretraining.pretrain(config, str(tmp_path / "resumed")))
+  pretraining.pretrain(config, str(tmp_path / "resumed"))
 
   straight = trained.load_variables(tmp_path / "straight")
   resumed = trained.load_variables(tmp_path / "resumed")
@@ -149,7 +149,7 @@ def test_resumed_pretraining_equals_an_uninterrupted_one_and_skips_validation(
 @pytest.mark.slow
 def test_fine_tuning_loads_the_backbone_exactly_and_the_head_fresh(dataset_dir, tmp_path):
   source = tmp_path / "pretrained"
-  pretrain.pretrain(pretrain_config(dataset_dir), str(source))
+  pretraining.pretrain(pretrain_config(dataset_dir), str(source))
   with pytest.raises(errors.DataError, match="pretraining run, without a classifier"):
     trained.load(source)
   _, pretrained = trained.load_variables(source)
@@ -199,7 +199,7 @@ def test_contrastive_accuracy_rises_well_above_chance(tmp_path):
   config.model.widths = (8, 16)
   config.optimizer.learning_rate = 3e-3
   workdir = tmp_path / "work"
-  pretrain.pretrain(config, str(workdir))
+  pretraining.pretrain(config, str(workdir))
   lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
   accuracy = [m["train/accuracy"] for m in lines if "train/accuracy" in m]
   chance = 1 / (2 * config.training.global_batch_size - 1)

@@ -38,7 +38,7 @@ def _probe(xla_flags_value: str | None, setup: str = "", binary: str = "xray_jax
                         check=True).stdout.strip()
 
 
-@pytest.mark.parametrize("binary", ["main", "evaluate", "predict", "benchmark"])
+@pytest.mark.parametrize("binary", ["main", "pretrain", "evaluate", "predict", "benchmark"])
 def test_importing_xray_jax_leaves_the_process_alone(binary):
   assert _probe(None, binary=f"xray_jax.{binary}") == "ynn False"  # jaxlib's default stands.
 
