@@ -6,7 +6,7 @@ r"""Self-supervised pretraining (SimCLR) of configs/pneumonia_cpu.py's backbone,
       --config.data.dir=/path/to/chest_xray --config.finetune.init_from=/tmp/xray/ssl
 
 Pretrains on the train part of the split that the supervised run carves (same data
-fields), without labels; sized for about 90 minutes on 2 cores. Accepts the same config
+fields), without labels; sized for about 70 minutes on 2 quiet cores. Accepts the same config
 args as pneumonia.py (`runlocal`, `model=`, `res=`).
 """
 
@@ -43,5 +43,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     return config
   config.training.global_batch_size = 64  # 128 views a step: 126 negatives for each.
-  config.training.num_epochs = 20.0  # About 90 minutes on 2 cores (docs/training.md).
+  config.training.num_epochs = 40.0  # About 70 minutes on 2 quiet cores (docs/training.md).
   return config
