@@ -42,15 +42,16 @@ def _folder_records(where: str, class_names: tuple[str, ...]) -> list[Record]:
   return folder.class_folder_records(root, class_names)
 
 
+def set_records(name: str, where: str, splits: Splits) -> list[Record]:
+  """The records of the set `name`=`where`, labelled with the classes of `splits`."""
+  if where != "test":
+    return _folder_records(where, splits.class_names)
+  if not splits.test:
+    raise errors.DataError(
+        f"config.data.eval_sets: {name}=test, but the data source has no test split")
+  return list(splits.test)
+
+
 def load(spec: str, splits: Splits) -> dict[str, list[Record]]:
-  """The records of each named set, labelled with the classes of `splits`."""
-  found = {}
-  for name, where in parse(spec).items():
-    if where == "test":
-      if not splits.test:
-        raise errors.DataError(
-            f"config.data.eval_sets: {name}=test, but the data source has no test split")
-      found[name] = list(splits.test)
-    else:
-      found[name] = _folder_records(where, splits.class_names)
-  return found
+  """The records of each named set of `spec`."""
+  return {name: set_records(name, where, splits) for name, where in parse(spec).items()}

@@ -35,7 +35,7 @@ def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Reco
         f"{run.class_names}")
   named = eval_sets.parse(data_config.get("eval_sets", ""))
   if split in named:
-    return eval_sets.load(f"{split}={named[split]}", splits)[split]
+    return eval_sets.set_records(split, named[split], splits)
   if split not in ("val", "test"):
     raise errors.ConfigError(f"--split={split}: expected val, test or a set of "
                              f"config.data.eval_sets ({', '.join(named) or 'none'})")
