@@ -205,6 +205,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation.threshold_method = "fixed"
   config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
   config.evaluation.target_sensitivity = 0.95  # For threshold_method=sensitivity.
+  # Where the operating point (threshold, temperature) is chosen: val, or a named set of
+  # data.eval_sets from the deployment's acquisition. Its own report then adds the figures at
+  # thresholds cross-fitted over 5 patient folds: what the choice is worth on new patients.
+  config.evaluation.operating_point_split = "val"
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
   # Fit a temperature on validation (saved with the operating point, which is then chosen
   # on the scaled probabilities); evaluate and predict apply it.

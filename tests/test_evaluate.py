@@ -20,7 +20,7 @@ from helpers import REPO_ROOT, assert_each_log_line_once
 from xray_jax import errors, trained
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import shifts
-from xray_jax.evaluators import evaluation, metrics, stress
+from xray_jax.evaluators import crossfit, evaluation, metrics, stress
 
 pytestmark = pytest.mark.slow
 
@@ -280,3 +280,59 @@ def test_a_run_saved_with_conv_impl_still_loads(trained_workdir, tmp_path):
   assert "conv_impl" not in loaded.config.model
   np.testing.assert_array_equal(jax.tree.leaves(loaded.variables)[0],
                                 jax.tree.leaves(trained.load(trained_workdir).variables)[0])
+
+
+def _with_eval_sets(trained_workdir, tmp_path, eval_sets: str):
+  """A copy of the trained run whose config names `eval_sets`."""
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["eval_sets"] = eval_sets
+  (workdir / "config.json").write_text(json.dumps(config))
+  return workdir
+
+
+def test_operating_point_chosen_on_a_named_set_with_cross_fitted_figures(
+    trained_workdir, tmp_path):
+  workdir = _with_eval_sets(trained_workdir, tmp_path, "external=test")
+  config = evaluation_config("youden")
+  config.operating_point_split = "external"
+  val = evaluation.evaluate_checkpoint(workdir, "val", "latest", config)
+  # The point was chosen on the named set, whose report came first; validation only uses it.
+  external = json.loads(evaluation.report_path(workdir, "external", 6).read_text())
+  point = external["operating_point"]
+  assert point["settings"]["split"] == "external" and val["operating_point"] == point
+  assert "at_operating_point_crossfit" not in val
+
+  rows = list(csv.DictReader((workdir / "eval" / "external_step6_predictions.csv").open()))
+  scores = np.array([float(r["prob_PNEUMONIA"]) for r in rows])  # Rounded to 6 decimals.
+  positive = np.array([r["label"] == "PNEUMONIA" for r in rows])
+  chosen = lambda index, method="youden": pytest.approx(metrics.choose_threshold(
+      positive[index], scores[index], method, config.target_sensitivity), abs=1e-6)
+  assert point["threshold"] == chosen(slice(None))
+  # Each fold is decided by the threshold chosen on the other folds' images alone.
+  groups = [r["path"] for r in rows]  # No group pattern: each image is its own patient.
+  folds = crossfit.patient_folds(groups)
+  for fold, threshold in enumerate(point["crossfit_thresholds"]):
+    assert threshold == chosen(folds != fold)
+  called = scores >= np.round(point["crossfit_thresholds"], 6)[folds]
+  crossfitted = external["at_operating_point_crossfit"]
+  assert crossfitted["accuracy"] == pytest.approx(np.mean(called == positive))
+  assert crossfitted["positive_class"]["recall"] == pytest.approx(np.mean(called[positive]))
+  low, high = external["intervals"]["at_operating_point_crossfit"]["accuracy"]
+  assert low <= crossfitted["accuracy"] <= high and low < high
+
+  config.threshold_method = "sensitivity"  # Other settings: chosen anew, not read back.
+  report = evaluation.evaluate_checkpoint(workdir, "val", "latest", config)
+  assert report["operating_point"]["method"] == "sensitivity"
+  assert report["operating_point"]["threshold"] == chosen(slice(None), "sensitivity")
+
+
+def test_operating_point_split_must_be_val_or_a_named_set(trained_workdir, tmp_path):
+  workdir = _with_eval_sets(trained_workdir, tmp_path, "external=test")
+  config = evaluation_config()
+  config.operating_point_split = "test"
+  with pytest.raises(errors.ConfigError, match=r"evaluation.operating_point_split=test: "
+                     r"expected val or a set of .*data.eval_sets \(external\)"):
+    evaluation.evaluate_checkpoint(workdir, "val", "latest", config)
+  assert not (workdir / "eval" / "val_step6.json").exists()

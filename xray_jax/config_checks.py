@@ -108,6 +108,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   require(best_set in sets and best_name in ("auc", "accuracy", "nll"), "training.best_metric",
            training.get("best_metric"), f"SET/METRIC with SET one of {', '.join(sets)} and "
            "METRIC auc, accuracy or nll")
+  require(config.evaluation.get("operating_point_split", "val") in sets,
+          "evaluation.operating_point_split", config.evaluation.get("operating_point_split"),
+          f"one of {', '.join(sets)} (val or a set of data.eval_sets)")
   check_evaluation_config(config.evaluation)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],

@@ -43,7 +43,7 @@ def weighted_roc_auc(is_positive: np.ndarray, scores: np.ndarray,
     return np.where(total > 0, wins / np.where(total > 0, total, 1), np.nan)
 
 
-def _figures(is_positive: np.ndarray, scores: np.ndarray, threshold: float,
+def _figures(is_positive: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray,
              weights: np.ndarray) -> dict[str, np.ndarray]:
   """Each figure of FIGURES under each row of `weights` [B, N]."""
   called = scores >= threshold
@@ -79,11 +79,12 @@ def unit(groups: Sequence[str]) -> str:
 
 
 def confidence_intervals(
-    is_positive: np.ndarray, scores: np.ndarray, threshold: float, groups: Sequence[str],
-    num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    is_positive: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray,
+    groups: Sequence[str], num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
 ) -> dict[str, list[float | None]]:
   """Percentile bootstrap interval [low, high] of each figure of FIGURES (sensitivity and
-  specificity with `scores` >= `threshold` called positive); None where undefined."""
+  specificity with `scores` >= `threshold` called positive, a threshold per image where it
+  is an array); None where undefined."""
   is_positive, scores = np.asarray(is_positive, bool), np.asarray(scores, np.float64)
   found = {name: [] for name in FIGURES}
   for weights in _chunks(groups, num_resamples, seed):

@@ -18,7 +18,7 @@ from xray_jax import checkpointing, errors, inference, sharding, trained
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, eval_sets, shifts, splits
 from xray_jax.data.records import Record
-from xray_jax.evaluators import bootstrap, calibration, metrics, plots, tta
+from xray_jax.evaluators import bootstrap, calibration, crossfit, metrics, plots, tta
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
@@ -92,14 +92,18 @@ def _figure(name: str, value: float | None, interval: list[float | None] | None)
 
 
 def _log_summary(split: str, step: int, report: dict) -> None:
-  """One log line for the figures at 0.5, and one for the operating point where it differs;
-  binary figures with their bootstrap intervals."""
+  """One log line for the figures at 0.5, one for the operating point where it differs and
+  one for the cross-fitted operating point on the split it is chosen on; binary figures with
+  their bootstrap intervals."""
   blocks = [("at_0.5", "at 0.5")]
   chosen = report.get("at_operating_point")
   if chosen is not None and chosen != report["at_0.5"]:
     threshold = chosen.get("positive_class", {}).get("threshold")
     blocks.append(("at_operating_point", "at the operating point" + (
         "" if threshold is None else f", threshold {threshold:.3f}")))
+  if "at_operating_point_crossfit" in report:
+    blocks.append(("at_operating_point_crossfit", "at thresholds chosen on the other "
+                   f"{crossfit.NUM_FOLDS - 1} of {crossfit.NUM_FOLDS} patient folds"))
   for key, name in blocks:
     block = report[key]
     positive = block.get("positive_class") or block["macro"]
@@ -125,15 +129,14 @@ def record_groups(records: Sequence[Record], data_config: ml_collections.ConfigD
                              data_config.get("group_pattern") or "(?!)")[0]
 
 
-def _intervals(records: Sequence[Record], probs: np.ndarray, labels: np.ndarray,
-               thresholds: dict[str, float], data_config: ml_collections.ConfigDict,
+def _intervals(groups: Sequence[str], probs: np.ndarray, labels: np.ndarray,
+               thresholds: dict[str, float | np.ndarray],
                evaluation_config: ml_collections.ConfigDict) -> dict | None:
   """Bootstrap intervals of a binary report's figures at each of `thresholds` (report key ->
   threshold), resampling patients; None beyond two classes or with 0 resamples."""
   resamples = evaluation_config.get("bootstrap_resamples", 1000)
   if probs.shape[1] != 2 or not resamples:
     return None
-  groups = record_groups(records, data_config)
   level = evaluation_config.get("confidence_level", 0.95)
   found = {"level": level, "resamples": resamples, "unit": bootstrap.unit(groups),
            "groups": len(set(groups))}
@@ -155,40 +158,79 @@ def _check_finite(probs: np.ndarray, records: Sequence[Record], run: trained.Tra
 
 def _operating_point(
     run: trained.TrainedRun, members: Sequence[trained.TrainedRun], split: str,
-    probs: np.ndarray, labels: np.ndarray, evaluation_config: ml_collections.ConfigDict,
-    data_dir: str | None, mesh: jax.sharding.Mesh,
-    shifted: Callable[[shifts.Shift], np.ndarray],
+    probs: np.ndarray, labels: np.ndarray, groups: Sequence[str],
+    evaluation_config: ml_collections.ConfigDict, data_dir: str | None,
+    mesh: jax.sharding.Mesh, shifted: Callable[[shifts.Shift], np.ndarray],
 ) -> dict:
-  """The temperature and, for two classes, the decision threshold chosen on validation:
-  chosen and saved now on split val, else read back (from a validation evaluation run
-  first if needed). `shifted(shift)`: the validation probabilities under an acquisition
-  shift, for the "robust" threshold."""
-  if split != "val":
-    if not trained.load_operating_point(run, members):
-      evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir, mesh,
-                          members)
-    return trained.load_operating_point(run, members)
+  """The temperature and, for two classes, the decision threshold chosen on the split that
+  `evaluation.operating_point_split` names (validation by default): chosen and saved now when
+  `split` is that split, else read back (from an evaluation of that split first if none was
+  saved for these settings). A tuned threshold comes with its cross-fitted thresholds, each
+  chosen on all patients but one fold. `shifted(shift)`: the split's probabilities under an
+  acquisition shift, for the "robust" threshold."""
+  settings = _operating_point_settings(evaluation_config)
+  if split != settings["split"]:
+    return operating_point(run, evaluation_config, data_dir, mesh, members)
   point = {"step": run.step, **({"members": trained.member_names(members)} if members else {}),
-           "temperature": calibration.fit_temperature(probs, labels)
-           if evaluation_config.get("temperature_scaling", False) else 1.0}
+           "settings": settings, "temperature": calibration.fit_temperature(probs, labels)
+           if settings["temperature_scaling"] else 1.0}
   if probs.shape[1] == 2:
-    method = evaluation_config.threshold_method
-    scores = calibration.apply_temperature(probs, point["temperature"])[:, 1]
-    if method == "fixed":  # Not tuned on validation at all.
-      threshold = float(evaluation_config.fixed_threshold)
-    elif method == "robust":
-      threshold = metrics.robust_threshold(labels == 1, [scores, *(
-          calibration.apply_temperature(shifted(shift), point["temperature"])[:, 1]
-          for shift in shifts.all_shifts())])
-    else:
-      threshold = metrics.choose_threshold(labels == 1, scores, method,
-                                           evaluation_config.target_sensitivity)
+    method = settings["method"]
+    score_sets = [calibration.apply_temperature(probs, point["temperature"])[:, 1]]
+    if method == "robust":
+      score_sets += [calibration.apply_temperature(shifted(shift), point["temperature"])[:, 1]
+                     for shift in shifts.all_shifts()]
+    choose = lambda index: _choose_threshold(labels[index] == 1, [s[index] for s in score_sets],
+                                             settings)
     point.update(method=method, target_sensitivity=evaluation_config.target_sensitivity,
-                 threshold=threshold)
+                 threshold=choose(np.arange(len(labels))))
+    if method != "fixed" and len(set(groups)) >= crossfit.NUM_FOLDS:
+      point["crossfit_thresholds"] = crossfit.crossfit_thresholds(groups, choose)[1]
   if jax.process_index() == 0:
     workdir_lib.write_atomically(trained.operating_point_path(
         run.workdir, run.step, trained.output_prefix(members)), json.dumps(point, indent=1))
   return point
+
+
+def operating_point(
+    run: trained.TrainedRun, evaluation_config: ml_collections.ConfigDict,
+    data_dir: str | None, mesh: jax.sharding.Mesh, members: Sequence[trained.TrainedRun] = (),
+) -> dict:
+  """The saved operating point of the run's step (with `members`) for `evaluation_config`'s
+  settings; if there is none, the split it is chosen on is evaluated first."""
+  settings = _operating_point_settings(evaluation_config)
+  named = eval_sets.parse(run.config.data.get("eval_sets", ""))
+  if settings["split"] != "val" and settings["split"] not in named:
+    raise errors.ConfigError(
+        f"evaluation.operating_point_split={settings['split']}: expected val or a set of "
+        f"{run.workdir}'s data.eval_sets ({', '.join(named) or 'none'})")
+  if trained.load_operating_point(run, members).get("settings") != settings:
+    evaluate_checkpoint(run.workdir, settings["split"], run.step, evaluation_config, data_dir,
+                        mesh, members)
+  return trained.load_operating_point(run, members)
+
+
+def _operating_point_settings(evaluation_config: ml_collections.ConfigDict) -> dict:
+  """What decides an operating point: a saved one with other settings is chosen anew."""
+  method = evaluation_config.threshold_method
+  return {"split": evaluation_config.get("operating_point_split", "val"), "method": method,
+          "temperature_scaling": bool(evaluation_config.get("temperature_scaling", False)),
+          **({"fixed_threshold": float(evaluation_config.fixed_threshold)} if method == "fixed"
+             else {}),
+          **({"target_sensitivity": float(evaluation_config.target_sensitivity)}
+             if method == "sensitivity" else {})}
+
+
+def _choose_threshold(is_positive: np.ndarray, score_sets: Sequence[np.ndarray],
+                      settings: dict) -> float:
+  """The threshold `settings["method"]` gives on these scores: the first of `score_sets` is
+  the images as they are, the others (method robust) the same images under shifts."""
+  if settings["method"] == "fixed":  # Not tuned at all.
+    return settings["fixed_threshold"]
+  if settings["method"] == "robust":
+    return metrics.robust_threshold(is_positive, score_sets)
+  return metrics.choose_threshold(is_positive, score_sets[0], settings["method"],
+                                  settings.get("target_sensitivity", 0.95))
 
 
 def _ensemble_predictor(
@@ -266,8 +308,9 @@ def _evaluate(
   predict = _ensemble_predictor([run, *members], data_dir, views, mesh)
   probs, labels = predict(records)
   names = list(run.class_names)
-  point = _operating_point(run, members, split, probs, labels, evaluation_config, data_dir,
-                           mesh, shifted=lambda shift: predict(records, shift)[0])
+  groups = record_groups(records, data_config)
+  point = _operating_point(run, members, split, probs, labels, groups, evaluation_config,
+                           data_dir, mesh, shifted=lambda shift: predict(records, shift)[0])
   probs = calibration.apply_temperature(probs, point.get("temperature", 1.0))
   name = trained.output_prefix(members) + split
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
@@ -280,7 +323,13 @@ def _evaluate(
     report["at_operating_point"] = metrics.classification_report(
         probs, labels, names, threshold=point["threshold"])
     thresholds["at_operating_point"] = point["threshold"]
-  intervals = _intervals(records, probs, labels, thresholds, data_config, evaluation_config)
+  if point.get("settings", {}).get("split") == split and "crossfit_thresholds" in point:
+    per_image = np.asarray(point["crossfit_thresholds"])[crossfit.patient_folds(
+        groups, len(point["crossfit_thresholds"]))]
+    report["at_operating_point_crossfit"] = metrics.classification_report(
+        probs, labels, names, threshold=per_image)
+    thresholds["at_operating_point_crossfit"] = per_image
+  intervals = _intervals(groups, probs, labels, thresholds, evaluation_config)
   if intervals is not None:
     report["intervals"] = intervals
   if jax.process_index() == 0:

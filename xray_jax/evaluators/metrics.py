@@ -253,18 +253,19 @@ def json_safe(value):
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
-                          threshold: float | None = None) -> dict:
+                          threshold: float | np.ndarray | None = None) -> dict:
   """JSON-serializable metrics of probs [N, C] against labels [N]; NaN becomes None.
 
-  Predictions are the argmax, or for two classes class 1 when p1 >= threshold (default 0.5).
-  Binary reports add a "positive_class" block for class 1 with the threshold used.
+  Predictions are the argmax, or for two classes class 1 when p1 >= threshold (default 0.5;
+  an array [N] gives each example its own, as cross-fitting does). Binary reports add a
+  "positive_class" block for class 1 with the threshold used (None where per example).
   """
   probs, labels = _check_probs(probs, labels)
   num_classes = probs.shape[1]
   if len(class_names) != num_classes:
     raise ValueError(f"{len(class_names)} class names for {num_classes} probability columns.")
   if num_classes == 2:
-    threshold = 0.5 if threshold is None else float(threshold)
+    threshold = np.asarray(0.5 if threshold is None else threshold, np.float64)
     predictions = (probs[:, 1] >= threshold).astype(np.int64)
   elif threshold is not None:
     raise ValueError(f"threshold applies to binary problems only; got {num_classes} classes.")
@@ -288,5 +289,5 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: li
   }
   if num_classes == 2:
     report["positive_class"] = {"name": class_names[1], **per_class[class_names[1]],
-                                "threshold": threshold}
+                                "threshold": float(threshold) if threshold.ndim == 0 else None}
   return json_safe(report)

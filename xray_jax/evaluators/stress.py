@@ -51,15 +51,6 @@ def _mean(results: list[dict[str, dict]]) -> dict[str, dict]:
   return mean
 
 
-def _operating_point(run: trained.TrainedRun, evaluation_config: ml_collections.ConfigDict,
-                     data_dir: str | None, mesh: jax.sharding.Mesh) -> dict:
-  """The temperature and threshold chosen on validation (chosen now if not saved yet)."""
-  if not trained.load_operating_point(run):
-    evaluation.evaluate_checkpoint(run.workdir, "val", run.step, evaluation_config, data_dir,
-                                   mesh)
-  return trained.load_operating_point(run)
-
-
 def stress_test(
     workdir: str | pathlib.Path, checkpoint: str | int,
     evaluation_config: ml_collections.ConfigDict, data_dir: str | None = None,
@@ -71,7 +62,7 @@ def stress_test(
   run = trained.load(workdir, checkpoint, mesh)
   data_config = trained.data_config(run.config, data_dir)
   records = evaluation.split_records(run, data_config, "val")
-  point = _operating_point(run, evaluation_config, data_dir, mesh)
+  point = evaluation.operating_point(run, evaluation_config, data_dir, mesh)
   threshold, temperature = point.get("threshold"), point.get("temperature", 1.0)
   views = tta.configured_views(evaluation_config)
   predictor = inference.Predictor(run.model, data_config, run.config.training.eval_batch_size,
