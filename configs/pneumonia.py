@@ -145,6 +145,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.gamma = 0.0  # Gamma exp(u), u uniform in [-g, g] (0.3: 0.74 to 1.35).
   config.data.augment.blur_sigma = 0.0  # Gaussian blur, sigma uniform in [0, s] x width.
   config.data.augment.noise_std = 0.0  # Gaussian noise, std uniform in [0, n].
+  # A brightness ramp from top to bottom, offset slope x (row position - 1/2) with slope
+  # uniform in [-r, r]: lung fields brighter or darker than the lower film, as framing and
+  # exposure vary between acquisitions (docs/results.md, Errors on the external set).
+  config.data.augment.intensity_ramp = 0.0
 
   config.model = model_config(arg.model)
 

@@ -158,6 +158,16 @@ def test_gamma_blur_and_noise_augmentations():
     noisy = augment.augment_image(image, no_augment(noise_std=0.1), np.random.default_rng(seed))
     assert 0 < (noisy - image).std() <= 0.11
   assert np.mean(blurred_detail) < 0.8 * detail(image)
+  # A brightness ramp: one slope per image, offsets in proportion to the row's height.
+  slopes = []
+  for seed in range(4):
+    mid = 0.3 + 0.4 * image  # Far enough from 0 and 1 that no ramp clips.
+    ramped = augment.augment_image(mid, no_augment(intensity_ramp=0.2),
+                                   np.random.default_rng(seed)) - mid
+    row_slopes = np.diff(ramped.mean(axis=1)) * image.shape[0]
+    assert np.ptp(row_slopes) < 1e-4 and abs(row_slopes.mean()) <= 0.2
+    slopes.append(row_slopes.mean())
+  assert np.ptp(slopes) > 0.05
   # A step that is off draws no random numbers: the others are unchanged.
   first = augment.augment_image(image, no_augment(brightness=0.2), np.random.default_rng(7))
   again = augment.augment_image(image, no_augment(brightness=0.2, noise_std=0.0),

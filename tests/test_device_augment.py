@@ -79,6 +79,12 @@ def test_each_step_acts_only_when_on():
   contrasted = _augmented(no_augment(contrast=0.2))
   gains = (contrasted - contrasted.mean()) / (image - image.mean())
   assert np.ptp(gains) < 1e-3 and 0.8 <= gains.mean() <= 1.2
+  # Ramp: one slope per image, rows offset in proportion to their height, the mean kept.
+  ramped = _augmented(no_augment(intensity_ramp=0.2), seed=3) - image
+  row_offsets = ramped.mean(axis=1)
+  slopes = np.diff(row_offsets) * image.shape[0]
+  assert np.ptp(slopes) < 1e-3 and 0.001 < abs(slopes.mean()) <= 0.2
+  assert abs(row_offsets.mean()) < 1e-5 and np.ptp(ramped, axis=1).max() < 1e-5
   for strong in (no_augment(noise_std=0.1), no_augment(blur_sigma=0.05),
                  no_augment(crop_area_min=0.5), no_augment(rotation_degrees=20.0)):
     changed = _augmented(strong)

@@ -1,6 +1,7 @@
 """Train-time augmentation of gray images: a random resized crop, an affine warp, flips,
-exposure and contrast, blur and noise. Each optional step draws random numbers only when
-it is on, so turning one on leaves the others' draws as they were."""
+exposure and contrast, a top-to-bottom brightness ramp, blur and noise. Each optional step
+draws random numbers only when it is on, so turning one on leaves the others' draws as they
+were."""
 
 import math
 
@@ -65,6 +66,9 @@ def augment_image(
   offset = rng.uniform(-config.brightness, config.brightness)
   mean = image.mean()
   image = np.clip((image - mean) * gain + mean + offset, 0.0, 1.0)
+  if config.get("intensity_ramp", 0.0) > 0:
+    slope = rng.uniform(-config.intensity_ramp, config.intensity_ramp)
+    image = np.clip(image + slope * _row_positions(size)[:, None], 0.0, 1.0).astype(np.float32)
   # Gamma, blur and noise act as the stress test's shifts do, at a random level.
   if config.gamma > 0:
     image = _shift("gamma", image, math.exp(rng.uniform(-config.gamma, config.gamma)), rng)
@@ -73,6 +77,11 @@ def augment_image(
   if config.noise_std > 0:
     image = _shift("noise", image, rng.uniform(0, config.noise_std), rng)
   return image
+
+
+def _row_positions(size: int) -> np.ndarray:
+  """Each row's centre as a fraction of the height, from the middle: -0.5 (top) to 0.5."""
+  return (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
 
 
 def _shift(name: str, image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:

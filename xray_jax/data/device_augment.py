@@ -2,10 +2,10 @@
 
 The transforms and ranges of `data.augment` that `xray_jax.data.augment` applies in the grain
 workers: a random resized crop and the affine warp (composed into one bilinear resampling),
-a horizontal flip, exposure and contrast, gamma, blur and noise. Each image draws its own
-numbers from the step's key. On an accelerator this costs little next to the model, and the
-workers are left to read and batch images; the draws differ from the host's, so the two
-settings train on equally distributed but not identical images.
+a horizontal flip, exposure and contrast, a brightness ramp, gamma, blur and noise. Each
+image draws its own numbers from the step's key. On an accelerator this costs little next to
+the model, and the workers are left to read and batch images; the draws differ from the
+host's, so the two settings train on equally distributed but not identical images.
 """
 
 import functools
@@ -88,6 +88,10 @@ def augment_image(image: jax.Array, key: jax.Array,
   offset = _uniform(next(keys), -config.brightness, config.brightness)
   mean = image.mean()
   image = jnp.clip((image - mean) * gain + mean + offset, 0.0, 1.0)
+  if config.get("intensity_ramp", 0.0) > 0:  # Its own key: the others' draws stay as they were.
+    slope = _uniform(jax.random.fold_in(key, 1), -config.intensity_ramp, config.intensity_ramp)
+    rows = (jnp.arange(size, dtype=image.dtype) + 0.5) / size - 0.5
+    image = jnp.clip(image + slope * rows[:, None], 0.0, 1.0)
   if config.gamma > 0:
     image = jnp.clip(image ** jnp.exp(_uniform(next(keys), -config.gamma, config.gamma)), 0, 1)
   if config.blur_sigma > 0:
