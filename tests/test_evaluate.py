@@ -17,7 +17,7 @@ import pytest
 import sklearn.metrics
 from helpers import REPO_ROOT, assert_each_log_line_once
 
-from xray_jax import errors, trained
+from xray_jax import errors, sharding, trained
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import shifts
 from xray_jax.evaluators import crossfit, evaluation, metrics, stress
@@ -164,6 +164,14 @@ def test_compare_pairs_two_checkpoints_on_the_same_images(trained_workdir, tmp_p
   itself = evaluation.compare_runs(workdir, workdir, "test", (6, 6), config)
   assert all(f["difference"] == 0 and f["low"] == f["high"] == 0
              for f in itself["a_minus_b"].values())
+  # An ensemble against one of its members: its averaged probabilities are side A.
+  members = [trained.load(other, 2, sharding.make_mesh())]
+  ensemble = evaluation.compare_runs(workdir, other, "test", (6, 2), config, members=members)
+  averaged = json.loads(evaluation.report_path(workdir, "ensemble_test", 6).read_text())
+  assert ensemble["a"]["members"] == averaged["members"] == [f"{other}:2"]
+  assert ensemble["a_minus_b"]["roc_auc"]["a"] == pytest.approx(
+      averaged["at_0.5"]["positive_class"]["roc_auc"])
+  assert (workdir / "eval" / "ensemble_compare_test_step6_vs_other_step2.json").is_file()
 
 
 def test_compare_refuses_runs_on_different_images(trained_workdir, tmp_path):

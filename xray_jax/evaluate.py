@@ -2,13 +2,13 @@ r"""Evaluates checkpoints of a training run, as a separate job.
 
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
       [--split=val|test|NAME] [--checkpoint=best|latest|STEP] \
-      [--watch | --stress | --ensemble=W2,W3 | --compare=OTHER_WORKDIR[:CHECKPOINT]]
+      [--watch | --stress | --ensemble=W2,W3] [--compare=OTHER_WORKDIR[:CHECKPOINT]]
 
 The model and preprocessing come from the run's saved config.json; --config, if given, only
 supplies the `evaluation` section (operating-point method, calibration bins). Reports,
 predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
 controlled acquisition shifts (xray_jax.evaluators.stress). Binary reports carry bootstrap
-intervals; --compare pairs this run with another on the same images.
+intervals; --compare pairs this run (or its --ensemble) with another on the same images.
 """
 
 import pathlib
@@ -41,7 +41,8 @@ flags.DEFINE_list("ensemble", [], "Other workdirs (same validation images) whose
                   "eval/ensemble_* in --workdir.")
 flags.DEFINE_string("compare", None, "Another run's workdir, optionally :CHECKPOINT (default "
                     "--checkpoint): both evaluated on --split's images, then each figure's "
-                    "paired difference with its bootstrap interval; writes eval/compare_*.json.")
+                    "paired difference with its bootstrap interval (of the --ensemble with "
+                    "--workdir if given); writes eval/[ensemble_]compare_*.json.")
 flags.DEFINE_float("poll_seconds", 30.0, "--watch: seconds between looks at the workdir.")
 flags.DEFINE_float("timeout_seconds", 3600.0,
                    "--watch: give up after this long without a new checkpoint.")
@@ -67,22 +68,24 @@ def main(argv: list[str]) -> None:
       raise app.UsageError("--stress evaluates the validation split: no --watch, --split=val")
     if FLAGS.ensemble and (FLAGS.stress or FLAGS.watch):
       raise app.UsageError("--ensemble evaluates one checkpoint: no --stress or --watch")
-    if FLAGS.compare and (FLAGS.stress or FLAGS.watch or FLAGS.ensemble):
-      raise app.UsageError("--compare pairs two checkpoints: no --stress, --watch or --ensemble")
+    if FLAGS.compare and (FLAGS.stress or FLAGS.watch):
+      raise app.UsageError("--compare pairs two checkpoints: no --stress or --watch")
     if FLAGS.watch:  # Started beside the trainer, perhaps before it.
       trained.wait_for_config(workdir, FLAGS.poll_seconds, FLAGS.timeout_seconds)
     evaluation_config = _evaluation_config(workdir)
     if FLAGS.stress:
       stress.stress_test(FLAGS.workdir, FLAGS.checkpoint, evaluation_config, FLAGS.data_dir,
                          seed=FLAGS.stress_seed)
-    elif FLAGS.compare:
-      other, _, other_checkpoint = FLAGS.compare.partition(":")
-      evaluation.compare_runs(FLAGS.workdir, other, FLAGS.split,
-                              (FLAGS.checkpoint, other_checkpoint or FLAGS.checkpoint),
-                              evaluation_config, FLAGS.data_dir)
     elif FLAGS.watch:
       evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
                        FLAGS.poll_seconds, FLAGS.timeout_seconds)
+    elif FLAGS.compare:
+      other, _, other_checkpoint = FLAGS.compare.partition(":")
+      mesh = sharding.make_mesh()
+      evaluation.compare_runs(FLAGS.workdir, other, FLAGS.split,
+                              (FLAGS.checkpoint, other_checkpoint or FLAGS.checkpoint),
+                              evaluation_config, FLAGS.data_dir, mesh,
+                              [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble])
     else:
       mesh = sharding.make_mesh()
       members = [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble]

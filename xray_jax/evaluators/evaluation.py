@@ -347,13 +347,14 @@ def compare_runs(
     workdir: str | pathlib.Path, other: str | pathlib.Path, split: str,
     checkpoints: tuple[str | int, str | int], evaluation_config: ml_collections.ConfigDict,
     data_dir: str | None = None, mesh: jax.sharding.Mesh | None = None,
+    members: Sequence[trained.TrainedRun] = (),
 ) -> dict:
   """Evaluates a checkpoint of two runs on the same images of `split`, then pairs them:
-  each figure of `workdir`'s run minus `other`'s, with a paired bootstrap interval and
-  p-value (resampling patients), each run at its own operating point. Writes
-  WORKDIR/eval/compare_*.json and returns it."""
+  each figure of `workdir`'s run (averaged with `members`: an ensemble) minus `other`'s,
+  with a paired bootstrap interval and p-value (resampling patients), each at its own
+  operating point. Writes WORKDIR/eval/[ensemble_]compare_*.json and returns it."""
   mesh = mesh or sharding.make_mesh()
-  ours = _evaluate(workdir, split, checkpoints[0], evaluation_config, data_dir, mesh)
+  ours = _evaluate(workdir, split, checkpoints[0], evaluation_config, data_dir, mesh, members)
   theirs = _evaluate(other, split, checkpoints[1], evaluation_config, data_dir, mesh)
   paths = [str(r["path"]) for r in ours.records]
   position = {str(r["path"]): i for i, r in enumerate(theirs.records)}
@@ -370,7 +371,8 @@ def compare_runs(
   resamples = evaluation_config.get("bootstrap_resamples", 1000) or 1000
   level = evaluation_config.get("confidence_level", 0.95)
   runs = [{"workdir": str(pathlib.Path(w).resolve()), "step": e.report["step"],
-           "threshold": threshold}
+           "threshold": threshold, **({"members": e.report["members"]} if "members" in e.report
+                                      else {})}
           for w, e, threshold in zip((workdir, other), (ours, theirs), thresholds, strict=True)]
   comparison = {
       "split": split, "a": runs[0], "b": runs[1], "num_examples": len(paths),
@@ -379,8 +381,8 @@ def compare_runs(
       "a_minus_b": bootstrap.paired_difference(
           ours.labels == 1, ours.probs[:, 1], theirs.probs[order, 1], thresholds, groups,
           resamples, level)}
-  name = (f"compare_{split}_step{runs[0]['step']}_vs_{pathlib.Path(other).resolve().name}"
-          f"_step{runs[1]['step']}.json")
+  name = (f"{trained.output_prefix(members)}compare_{split}_step{runs[0]['step']}_vs_"
+          f"{pathlib.Path(other).resolve().name}_step{runs[1]['step']}.json")
   if jax.process_index() == 0:
     workdir_lib.write_atomically(pathlib.Path(workdir) / workdir_lib.EVAL / name,
                                  json.dumps(metrics.json_safe(comparison), indent=1))
