@@ -6,7 +6,9 @@ change later (a bad disk, a partial copy, a truncated sync). After each save the
 records the size and SHA-256 of every file of the step's folder; a restore first checks them.
 """
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import pathlib
@@ -23,7 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from xray_jax import errors
+from xray_jax import errors, storage
 from xray_jax import workdir as workdir_lib
 
 DIGESTS_FILE = "xray_digests.json"
@@ -47,6 +49,11 @@ def write_digests(step_dir: pathlib.Path) -> None:
   digests = {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
              for p in _checkpoint_files(step_dir)}
   workdir_lib.write_atomically(step_dir / DIGESTS_FILE, json.dumps(digests, indent=0))
+
+
+def checkpoint_bytes(step_dir: pathlib.Path) -> int:
+  """The disk space that the files below `step_dir` take (their allocated blocks)."""
+  return sum(p.stat().st_blocks * 512 for p in step_dir.rglob("*") if p.is_file())
 
 
 def has_digests(step_dir: pathlib.Path) -> bool:
@@ -174,16 +181,34 @@ class Checkpointer:
     return max(validated)[1] if validated else None
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
-    """Starts an asynchronous save of the state and the input position."""
+    """Starts an asynchronous save of the state and the input position. A full, over-quota
+    or read-only filesystem raises WriteError (here or at the next wait)."""
     self._write_digests()
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)))
+    self._check_free_space(step)
+    with self._reporting_write_errors(step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator)))
     self._undigested_step = step
+
+  def _reporting_write_errors(self, step: int | None) -> contextlib.AbstractContextManager:
+    """`storage.writing` for the save of `step`."""
+    return storage.writing(self.step_dir(step), f"the checkpoint of step {step}")
+
+  def _check_free_space(self, step: int) -> None:
+    """Raises WriteError on every process, before saving `step`, when the filesystem has
+    less space free than the latest checkpoint takes (process 0 looks)."""
+    latest = self._manager.latest_step()
+    needed = 0 if latest is None else checkpoint_bytes(self.step_dir(latest))
+    short = jax.process_index() == 0 and storage.free_bytes(self._directory) < needed
+    if multihost_utils.broadcast_one_to_all(np.int32(short)):
+      raise storage.write_error(self.step_dir(step), f"the checkpoint of step {step}",
+                                errno.ENOSPC, needed)
 
   def _write_digests(self) -> None:
     """Waits for the save in flight, then records its digests (process 0)."""
-    self._manager.wait_until_finished()
+    with self._reporting_write_errors(self._undigested_step):
+      self._manager.wait_until_finished()
     step, self._undigested_step = self._undigested_step, None
     if step is not None and jax.process_index() == 0 and self.step_dir(step).is_dir():
       write_digests(self.step_dir(step))
@@ -271,5 +296,7 @@ class Checkpointer:
     self._write_digests()
 
   def close(self) -> None:
-    self._write_digests()
-    self._manager.close()
+    try:
+      self._write_digests()
+    finally:  # Stops Orbax's threads even after a failed save.
+      self._manager.close()

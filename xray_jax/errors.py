@@ -25,6 +25,10 @@ class WorkdirBusyError(XrayError):
   """Another trainer holds the workdir."""
 
 
+class WriteError(XrayError):
+  """A file cannot be written: its filesystem is full, over quota or read-only."""
+
+
 class Preempted(Exception):
   """Training stopped on a preemption notice after saving a checkpoint of `step`."""
 

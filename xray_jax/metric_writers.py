@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import tensorboardX
 
+from xray_jax import storage
 from xray_jax import workdir as workdir_lib
 
 
@@ -29,25 +30,36 @@ class MetricWriter:
     self._enabled = enabled
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      path = workdir / workdir_lib.METRICS
-      if path.is_file():
-        kept = [line for line in path.read_text().splitlines(keepends=True)
+      self._path = workdir / workdir_lib.METRICS
+      if self._path.is_file():
+        kept = [line for line in self._path.read_text().splitlines(keepends=True)
                 if _step_of(line) is not None and _step_of(line) <= resume_step]
-        workdir_lib.write_atomically(path, "".join(kept))
-      self._jsonl = path.open("a")
-      self._tensorboard = tensorboardX.SummaryWriter(
-          str(workdir / workdir_lib.TENSORBOARD), purge_step=resume_step + 1)
+        workdir_lib.write_atomically(self._path, "".join(kept))
+      self._tensorboard_dir = workdir / workdir_lib.TENSORBOARD
+      with storage.writing(self._path):
+        self._jsonl = self._path.open("a")
+      with storage.writing(self._tensorboard_dir):
+        self._tensorboard = tensorboardX.SummaryWriter(
+            str(self._tensorboard_dir), purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Writes the metrics of `step`; a full or read-only filesystem raises WriteError (a
+    line cut short is dropped when the run resumes)."""
     if not self._enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
-    for name, value in scalars.items():
-      self._tensorboard.add_scalar(name, value, step)
-    self._tensorboard.flush()
+    with storage.writing(self._path, f"the metrics of step {step}"):
+      self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self._jsonl.flush()
+    with storage.writing(self._tensorboard_dir, f"the metrics of step {step}"):
+      for name, value in scalars.items():
+        self._tensorboard.add_scalar(name, value, step)
+      self._tensorboard.flush()
 
   def close(self) -> None:
     if self._enabled:
-      self._jsonl.close()
-      self._tensorboard.close()
+      try:
+        with storage.writing(self._path, "the metrics"):
+          self._jsonl.close()
+      finally:
+        with storage.writing(self._tensorboard_dir, "the metrics"):
+          self._tensorboard.close()

@@ -283,8 +283,10 @@ def run_loop(
   finally:
     progress.close()
     preemption_watcher.close()
-    checkpointer.close()
-    writer.close()
+    try:
+      checkpointer.close()
+    finally:
+      writer.close()
   return val_metrics
 
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from xray_jax import errors
+from xray_jax import errors, storage
 
 CONFIG = "config.json"  # The resolved config the run trains with.
 CLASSES = "classes.json"  # Class names in label order.
@@ -30,14 +30,21 @@ LOCK = "trainer.lock"  # Held by the running trainer.
 
 def write_atomically(path: pathlib.Path, content: str | bytes) -> None:
   """Writes text or bytes to `path` through a temporary file and a rename, so a reader (a
-  watching evaluator, a resumed run) never sees a half-written file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
+  watching evaluator, a resumed run) never sees a half-written file. A full or read-only
+  filesystem raises WriteError and leaves `path` as it was."""
   tmp = path.with_name(path.name + ".tmp")
-  if isinstance(content, bytes):
-    tmp.write_bytes(content)
-  else:
-    tmp.write_text(content)
-  tmp.replace(path)
+  with storage.writing(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      if isinstance(content, bytes):
+        tmp.write_bytes(content)
+      else:
+        tmp.write_text(content)
+    except OSError:
+      if tmp.exists():
+        tmp.unlink()  # Cut short: it would only hold on to space.
+      raise
+    tmp.replace(path)
 
 
 @contextlib.contextmanager
@@ -46,8 +53,9 @@ def hold(workdir: pathlib.Path) -> Iterator[None]:
   raises WorkdirBusyError on every process at once if another trainer holds it."""
   handle, holder = None, "see process 0's log"
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = (workdir / LOCK).open("a+")
+    with storage.writing(workdir / LOCK, "the trainer's lock"):
+      workdir.mkdir(parents=True, exist_ok=True)
+      handle = (workdir / LOCK).open("a+")
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

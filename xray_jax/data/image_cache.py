@@ -8,6 +8,8 @@ copy for the whole process tree, where a cache inside each worker would hold one
 and fill only as each worker happened to meet each image.
 """
 
+import math
+import os
 import pathlib
 import shutil
 import tempfile
@@ -19,6 +21,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from xray_jax import storage
 from xray_jax.data.records import Record
 
 DTYPE = np.float16  # Images in [0, 1]: rounding moves a pixel by at most 2.5e-4.
@@ -32,6 +35,13 @@ class _LoadOne:
 
   def __call__(self, record: Record) -> np.ndarray:
     return self.load(record).astype(DTYPE)
+
+
+def _allocate(path: pathlib.Path) -> None:
+  """Gives the (sparse) file its disk blocks now: writing through a memory map into a full
+  filesystem kills the process (SIGBUS) where this raises ENOSPC."""
+  with path.open("r+b") as f:
+    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
 
 class ImageCache:
@@ -49,16 +59,23 @@ class ImageCache:
             directory: str | None = None) -> "ImageCache":
     """Loads every record with `load` (decode, resize, standardize: an `image_shape` array),
     over `num_workers` worker processes when > 0, into a new file under `directory` (the
-    system's temporary folder when None)."""
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
-    cache = cls(folder / "images.npy")
-    weakref.finalize(cache, shutil.rmtree, folder, True)
+    system's temporary folder when None). Raises WriteError first if the file would not
+    fit there."""
+    shape = (len(records), *image_shape)
+    what = f"the cache of {len(records)} training images (config.data.cache_dir)"
+    directory = pathlib.Path(directory or tempfile.gettempdir())
+    storage.require_free_space(directory, math.prod(shape) * np.dtype(DTYPE).itemsize, what)
+    with storage.writing(directory, what):
+      folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
+      cache = cls(folder / "images.npy")
+      weakref.finalize(cache, shutil.rmtree, folder, True)
+      rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, shape)
+      _allocate(cache.path)
     start = time.perf_counter()
     ds = grain.MapDataset.source(records).map(_LoadOne(load)).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
     if num_workers > 0:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, (len(records), *image_shape))
     for i, image in enumerate(ds):
       rows[i] = image
     rows.flush()

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from xray_jax import storage
 from xray_jax.evaluators import metrics
 
 PathLike = str | os.PathLike
@@ -25,8 +26,9 @@ def _new_figure(figsize: tuple[float, float] = (5.0, 5.0), **subplot_kw) -> tupl
 
 def _save(figure: Figure, path: PathLike) -> pathlib.Path:
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, format="png")
+  with storage.writing(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
   return path
 
 
