@@ -7,27 +7,41 @@ mount, and fail instead under XRAY_JAX_REQUIRE_CLUSTER_TESTS=1, as in CI) and gr
 (`mount -o remount,size=`) to free space.
 """
 
+import asyncio
 import contextlib
+import dataclasses
+import errno
 import json
+import logging
 import os
 import pathlib
 import re
 import shutil
 import subprocess
+import sys
+import types
 from collections.abc import Iterator
 
 import grain
 import jax
 import numpy as np
 import pytest
-from helpers import REQUIRE_CLUSTER_TESTS, tiny_config
+from helpers import (
+  REPO_ROOT,
+  REQUIRE_CLUSTER_TESTS,
+  cpu_env,
+  make_dataset,
+  tiny_config,
+  trainer_command,
+)
 
-from xray_jax import checkpointing, errors, train
+from xray_jax import checkpointing, errors, logs, train
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import image_cache
 from xray_jax.metric_writers import MetricWriter
 
 MB = 1 << 20
+FREE_SPACE = re.compile(r"\((\d+ bytes|\d+\.\d [kMGT]B) free")
 
 
 @contextlib.contextmanager
@@ -172,3 +186,151 @@ def test_read_only_workdir_stops_the_trainer_at_once(small_disk, dataset_dir):
       r"\(.+ free\); make it writable and rerun")):
     train.train_and_evaluate(tiny_config(dataset_dir), str(workdir))
 
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+  return subprocess.run(command, cwd=REPO_ROOT, env=cpu_env(2), capture_output=True,
+                        text=True, timeout=600)
+
+
+def _assert_one_error_line(result: subprocess.CompletedProcess, path: pathlib.Path) -> str:
+  """The run failed with one `error:` line naming a file under `path` and the free space,
+  and nothing else went wrong on the way out: no traceback, no logged error."""
+  assert result.returncode != 0, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert f" {path}/" in lines[0] and FREE_SPACE.search(lines[0]), lines[0]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert not re.search(r"^E\d{4} ", result.stderr, re.MULTILINE), result.stderr[-3000:]
+  return lines[0]
+
+
+def _steps(steps: int) -> list[str]:
+  return [f"--config.training.num_train_steps={steps}", "--config.training.log_every_steps=5",
+          "--config.training.eval_every_steps=10",
+          "--config.training.checkpoint_every_steps=20"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TwentySteps:
+  """A trainer's workdir after 20 steps (one checkpoint), and what it took on a tmpfs."""
+
+  workdir: pathlib.Path
+  dataset: pathlib.Path
+  used: int  # Bytes, the checkpoint included.
+  checkpoint: int  # Bytes.
+
+
+@pytest.fixture(scope="module")
+def twenty_steps(tmp_path_factory) -> TwentySteps:
+  root = tmp_path_factory.mktemp("twenty_steps")
+  data = make_dataset(root / "data")
+  with _tmpfs(root / "disk", 4 * MB) as disk:
+    done = _run(trainer_command(disk / "work", data, *_steps(20)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = TwentySteps(root / "work", data, _used(disk), checkpointing.checkpoint_bytes(
+        disk / "work" / "checkpoints" / "20"))
+    shutil.copytree(disk / "work", found.workdir)
+  return found
+
+
+@pytest.mark.slow
+def test_trainer_stops_before_a_checkpoint_that_does_not_fit_then_resumes(small_disk,
+                                                                          twenty_steps):
+  earlier, data = twenty_steps.workdir, twenty_steps.dataset
+  disk = small_disk("disk", 4 * MB)
+  workdir = shutil.copytree(earlier, disk / "work")
+  # Room for the steps to 40, not for their checkpoint.
+  _resize(disk, _used(disk) + twenty_steps.checkpoint // 2)
+
+  failed = _run(trainer_command(workdir, data, *_steps(60)))
+  line = _assert_one_error_line(failed, workdir)
+  assert line.startswith(f"error: cannot write the checkpoint of step 40 to {workdir}/"), line
+  assert "needed" in line
+  assert checkpointing.digest_problems(workdir / "checkpoints" / "20") == []
+  assert not _saves_in_flight(workdir / "checkpoints")
+  metrics = (workdir / workdir_lib.METRICS).read_text()
+  assert metrics.startswith((earlier / workdir_lib.METRICS).read_text())
+
+  _resize(disk, 4 * MB)
+  resumed = _run(trainer_command(workdir, data, *_steps(60)))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from the checkpoint of step 20" in resumed.stderr
+  assert checkpointing.Checkpointer(workdir / "checkpoints", read_only=True).latest_step() == 60
+  steps = [json.loads(line)["step"] for line in
+           (workdir / workdir_lib.METRICS).read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == 60
+
+
+@pytest.mark.slow
+def test_trainer_whose_save_fills_the_disk_stops_with_one_line_then_reruns(small_disk,
+                                                                          twenty_steps):
+  data = twenty_steps.dataset
+  # Room for what a run writes besides its checkpoint, and half the checkpoint: Orbax
+  # itself runs into the full disk (no earlier checkpoint tells its size).
+  disk = small_disk("disk", twenty_steps.used - twenty_steps.checkpoint // 2)
+  workdir = disk / "work"
+
+  _assert_one_error_line(_run(trainer_command(workdir, data, *_steps(20))), workdir)
+  assert _saves_in_flight(workdir / "checkpoints")
+
+  _resize(disk, 4 * MB)
+  rerun = _run(trainer_command(workdir, data, *_steps(20)))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert not _saves_in_flight(workdir / "checkpoints")
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
+  assert checkpointer.all_steps() == [20]
+  checkpointer.check_intact(20)
+
+
+@pytest.mark.slow
+def test_evaluation_report_on_a_full_disk_is_one_error_line(trained_workdir, small_disk,
+                                                            tmp_path):
+  workdir = shutil.copytree(trained_workdir, tmp_path / "work")
+  eval_dir = small_disk("work/eval", 8 * 1024)
+  command = [sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}",
+             "--alsologtostderr"]
+
+  _assert_one_error_line(_run(command), eval_dir)
+  assert not (eval_dir / "val_step6.json").exists()
+
+  _resize(eval_dir, 4 * MB)
+  done = _run(command)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads((eval_dir / "val_step6.json").read_text())["step"] == 6
+
+
+
+def _raised(action) -> Exception:
+  try:
+    action()
+  except Exception as e:
+    return e
+  raise AssertionError("nothing raised")
+
+
+def _unraisable(error: Exception) -> types.SimpleNamespace:
+  """What Python hands `sys.unraisablehook` for `error`."""
+  return types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                               exc_traceback=error.__traceback__, err_msg=None, object=None)
+
+
+def test_results_for_a_closed_event_loop_are_dropped_and_other_unraisables_reported():
+  loop = asyncio.new_event_loop()
+  loop.close()
+  late = _raised(lambda: loop.call_soon_threadsafe(print))  # A write ending after the save.
+  others = [_raised(lambda: 1 / 0), RuntimeError("Event loop is closed")]  # Raised elsewhere.
+  reported = []
+  for error in (late, *others):
+    logs._drop_results_for_closed_loops(_unraisable(error), report=reported.append)
+  assert [u.exc_value for u in reported] == others
+
+
+def test_library_tracebacks_of_a_full_disk_are_kept_out_of_the_log():
+  full = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database: No space '
+                    "left on device [os_error_code='28']")  # TensorStore's, under Orbax.
+  kept = [ValueError("RESOURCE_EXHAUSTED: out of memory"), OSError(errno.EACCES, "denied")]
+  for error, keep in [(full, False), (OSError(errno.EROFS, "ro"), False),
+                      *((error, True) for error in kept)]:
+    record = logging.LogRecord("absl", logging.ERROR, "/site-packages/orbax/x.py", 1,
+                               "save failed", (), (type(error), error, None))
+    assert logs._keep(record) is keep, error

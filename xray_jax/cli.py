@@ -44,6 +44,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def set_up_process() -> None:
   """What every binary's `main()` does first, before JAX's first computation: the XLA:CPU
-  defaults of `xla_flags` and quieter library logs."""
+  defaults of `xla_flags`, quieter library logs and no noise after a failed save."""
   xla_flags.set_defaults()
   logs.quiet_library_logs()
+  logs.quiet_closed_loop_results()
