@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from xray_jax import errors
+from xray_jax import errors, interrupts
 
 CONFIG = "config.json"  # The resolved config the run trains with.
 CLASSES = "classes.json"  # Class names in label order.
@@ -33,11 +33,12 @@ def write_atomically(path: pathlib.Path, content: str | bytes) -> None:
   watching evaluator, a resumed run) never sees a half-written file."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  if isinstance(content, bytes):
-    tmp.write_bytes(content)
-  else:
-    tmp.write_text(content)
-  tmp.replace(path)
+  with interrupts.exit_deferred():  # Ctrl-C leaves no temporary file behind.
+    if isinstance(content, bytes):
+      tmp.write_bytes(content)
+    else:
+      tmp.write_text(content)
+    tmp.replace(path)
 
 
 @contextlib.contextmanager

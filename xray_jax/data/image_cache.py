@@ -19,6 +19,8 @@ import grain
 import numpy as np
 from absl import logging
 
+from xray_jax import interrupts
+from xray_jax.data import workers
 from xray_jax.data.records import Record
 
 DTYPE = np.float16  # Images in [0, 1]: rounding moves a pixel by at most 2.5e-4.
@@ -52,12 +54,11 @@ class ImageCache:
     system's temporary folder when None)."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
     cache = cls(folder / "images.npy")
-    weakref.finalize(cache, shutil.rmtree, folder, True)
+    interrupts.clean_up_on_exit_now(weakref.finalize(cache, shutil.rmtree, folder, True))
     start = time.perf_counter()
     ds = grain.MapDataset.source(records).map(_LoadOne(load)).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
-    if num_workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = workers.prefetch(ds, num_workers)
     rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, (len(records), *image_shape))
     for i, image in enumerate(ds):
       rows[i] = image
