@@ -1,15 +1,36 @@
 """Ctrl-C: `interrupts.CtrlC` counts the presses in a thread, and `exit_now` ends the
-process at once, but never while a file is written."""
+process at once, but never while a file is written; typed in the terminal of a trainer, it
+saves at the next step and exits 130, or, pressed twice, stops at once; SIGINT to one of two
+trainer processes stops both at one step."""
 
 import os
+import pathlib
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from helpers import REPO_ROOT
+import pytest
+from helpers import (
+  REPO_ROOT,
+  Terminal,
+  cpu_env,
+  make_dataset,
+  recorded_train_steps,
+  trainer_command,
+  wait_for_text,
+)
 
-from xray_jax import interrupts
+from xray_jax import checkpointing, interrupts, trained
+
+STEPS = 100
+TRAINING = [f"--config.training.num_train_steps={STEPS}", "--config.training.log_every_steps=1",
+            "--config.training.eval_every_steps=1000"]  # Evaluation only at the end.
+WORKERS = "--config.data.num_workers=2"  # In a terminal, Ctrl-C reaches them too.
+SAVED = r"interrupted \(Ctrl-C\): checkpoint of step (\d+) saved; run the same command again"
+BAR_AT_20 = rf"\| ([2-9]\d)/{STEPS} \["  # The progress bar at steps 20 to 99.
 
 
 def _wait_until(condition, timeout: float = 10) -> None:
@@ -65,3 +86,82 @@ def test_exit_now_lets_a_write_finish_then_cleans_up_and_exits_130(tmp_path):
   assert done.returncode == interrupts.INTERRUPT_EXIT_CODE == 130
   assert done.stderr.strip() == "interrupted: at once"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["cleaned", "written"]
+
+
+def _saved_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> pathlib.Path:
+  return make_dataset(tmp_path_factory.mktemp("ctrl_c") / "data")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_at_the_next_step_and_the_same_command_resumes(data, tmp_path):
+  workdir = tmp_path / "run"
+  command = trainer_command(workdir, data, *TRAINING, WORKERS,
+                            f"--config.training.checkpoint_every_steps={STEPS}")
+  terminal = Terminal(command)
+  pressed_at = int(terminal.wait_for(BAR_AT_20).group(1))
+  terminal.press_ctrl_c()
+  assert terminal.wait() == interrupts.INTERRUPT_EXIT_CODE
+  screen = terminal.screen
+  assert "Traceback" not in screen and "KeyboardInterrupt" not in screen, screen[-3000:]
+  assert len(re.findall(SAVED, screen)) == 1
+  step = int(re.search(SAVED, screen).group(1))
+  assert pressed_at <= step < STEPS  # The step after the press, not a regular checkpoint.
+  assert _saved_steps(workdir) == [step]
+  assert checkpointing.has_digests(workdir / "checkpoints" / str(step))
+  assert recorded_train_steps(workdir)[-1] == step
+
+  resumed = subprocess.run(command, cwd=REPO_ROOT, env=cpu_env(2), capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from the checkpoint of step {step} " in resumed.stderr
+  assert recorded_train_steps(workdir) == list(range(1, STEPS + 1))  # Each step recorded once.
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(data, tmp_path):
+  workdir = tmp_path / "run"
+  command = trainer_command(workdir, data, *TRAINING, WORKERS,
+                            "--config.training.checkpoint_every_steps=5")
+  terminal = Terminal(command)
+  terminal.wait_for(BAR_AT_20)
+  terminal.press_ctrl_c()
+  terminal.wait_for("Ctrl-C: stopping after this step with a checkpoint")
+  terminal.press_ctrl_c()  # While the loop finishes its step and saves.
+  pressed = time.monotonic()
+  assert terminal.wait() == interrupts.INTERRUPT_EXIT_CODE
+  assert time.monotonic() - pressed < 3  # Stopping with a save takes longer (save, teardown).
+  screen = terminal.screen
+  assert "interrupted again (Ctrl-C): stopped at once, without a checkpoint" in screen
+  assert not re.search(SAVED, screen)
+  assert "Traceback" not in screen and "KeyboardInterrupt" not in screen, screen[-3000:]
+  assert trained.load(workdir).step == _saved_steps(workdir)[-1] >= 5  # Intact: it restores.
+
+
+@pytest.mark.slow
+def test_sigint_to_one_of_two_processes_stops_both_at_one_step(data, tmp_path):
+  workdir, port = tmp_path / "run", _free_port()
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  processes = [subprocess.Popen(
+      trainer_command(workdir, data, *TRAINING, f"--coordinator_address=127.0.0.1:{port}",
+                      "--num_processes=2", f"--process_id={i}"),
+      cwd=REPO_ROOT, env=cpu_env(2), stdout=log.open("w"), stderr=subprocess.STDOUT)
+      for i, log in enumerate(logs)]
+  wait_for_text(logs[1], rf"step 5/{STEPS}", process=processes[1])
+  processes[1].send_signal(signal.SIGINT)  # Only process 1 is told.
+  assert [p.wait(timeout=300) for p in processes] == [interrupts.INTERRUPT_EXIT_CODE] * 2
+  steps = {int(wait_for_text(log, SAVED).group(1)) for log in logs}
+  assert len(steps) == 1
+  data_dir = workdir / "checkpoints" / str(steps.pop()) / "data"
+  assert sorted(p.name for p in data_dir.glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
