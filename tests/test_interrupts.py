@@ -1,17 +1,23 @@
 """Ctrl-C: `interrupts.CtrlC` counts the presses in a thread, and `exit_now` ends the
 process at once, but never while a file is written; typed in the terminal of a trainer, it
 saves at the next step and exits 130, or, pressed twice, stops at once; SIGINT to one of two
-trainer processes stops both at one step."""
+trainer processes stops both at one step; `evaluate --watch` and `predict` stop with one
+line and status 130, leaving no partial file."""
 
+import csv
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
+import PIL.Image
 import pytest
 from helpers import (
   REPO_ROOT,
@@ -21,6 +27,7 @@ from helpers import (
   recorded_train_steps,
   trainer_command,
   wait_for_text,
+  write_image,
 )
 
 from xray_jax import checkpointing, interrupts, trained
@@ -165,3 +172,63 @@ def test_sigint_to_one_of_two_processes_stops_both_at_one_step(data, tmp_path):
   data_dir = workdir / "checkpoints" / str(steps.pop()) / "data"
   assert sorted(p.name for p in data_dir.glob("process_*")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def _assert_all_whole(folder: pathlib.Path) -> None:
+  """Every file under `folder` is complete (it parses), and no temporary file is left."""
+  for path in folder.rglob("*"):
+    if path.suffix == ".json":
+      json.loads(path.read_text())
+    elif path.suffix == ".csv":
+      assert list(csv.reader(path.open()))
+    elif path.suffix == ".png":
+      with PIL.Image.open(path) as image:
+        image.load()
+    else:
+      assert path.is_dir(), f"unexpected file {path}"
+
+
+def _interrupt_at(command: list[str], pattern: str, line: str) -> None:
+  """Runs `command` in a terminal and types Ctrl-C once `pattern` shows: it ends with status
+  130 and `line` as its one line about it, without a traceback."""
+  terminal = Terminal(command)
+  terminal.wait_for(pattern)
+  terminal.press_ctrl_c()
+  assert terminal.wait() == interrupts.INTERRUPT_EXIT_CODE
+  shown = terminal.screen
+  assert [text for text in shown.splitlines() if "interrupted" in text] == [line], shown[-3000:]
+  assert "Traceback" not in shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("press_at, reported", [
+    ("predicting", []),  # During the first evaluation.
+    (r"val step 4 intervals", [2, 4]),  # While waiting for step 6.
+])
+def test_evaluate_watch_stops_with_one_line_and_whole_files(trained_workdir, tmp_path,
+                                                            press_at, reported):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "6")  # The run goes on: the watcher waits.
+  _interrupt_at([sys.executable, "-m", "xray_jax.evaluate", f"--workdir={workdir}", "--watch",
+                 "--poll_seconds=0.1"], press_at,
+                "interrupted: reports are written whole or not at all; the evaluation in "
+                "progress wrote none")
+  assert sorted(int(p.stem.removeprefix("val_step")) for p in workdir.glob("eval/val_step?.json")
+                ) == reported
+  _assert_all_whole(workdir / "eval")
+
+
+@pytest.mark.slow
+def test_predict_stops_with_one_line_and_no_output(trained_workdir, tmp_path):
+  images, rng = tmp_path / "many", np.random.default_rng(3)
+  for i in range(64):
+    write_image(images / f"x{i:02d}.png", i % 2, rng)
+  output, saliency = tmp_path / "out" / "preds.csv", tmp_path / "out" / "saliency"
+  _interrupt_at([sys.executable, "-m", "xray_jax.predict", f"--workdir={trained_workdir}",
+                 f"--output={output}", f"--saliency_dir={saliency}", "--batch_size=1",
+                 str(images)], "predicting",
+                "interrupted: --output is written only once every image is classified, and "
+                "each overlay whole or not at all")
+  assert not output.exists()
+  _assert_all_whole(tmp_path / "out")

@@ -8,7 +8,8 @@ The model and preprocessing come from the run's saved config.json; --config, if 
 supplies the `evaluation` section (operating-point method, calibration bins). Reports,
 predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
 controlled acquisition shifts (xray_jax.evaluators.stress). Binary reports carry bootstrap
-intervals; --compare pairs this run with another on the same images.
+intervals; --compare pairs this run with another on the same images. Ctrl-C stops it with
+status 130; each report, table and figure is written whole or not at all.
 """
 
 import pathlib
@@ -57,6 +58,8 @@ def _evaluation_config(workdir) -> ml_collections.ConfigDict:
   return config.evaluation
 
 
+@cli.exit_on_interrupt("reports are written whole or not at all; the evaluation in progress "
+                       "wrote none")
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
