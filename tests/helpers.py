@@ -3,6 +3,7 @@ terminal runners, and whole-step comparisons."""
 
 import fcntl
 import importlib.util
+import json
 import os
 import pathlib
 import pty
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 
@@ -66,6 +68,12 @@ def wait_for_text(path: pathlib.Path, pattern: str, timeout: float = 300,
     time.sleep(0.02)
 
 
+def recorded_train_steps(workdir: pathlib.Path) -> list[int]:
+  """The steps whose train metrics a run's metrics.jsonl holds, in order."""
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [record["step"] for record in map(json.loads, lines) if "train/loss" in record]
+
+
 def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
   """Parameters and BatchNorm statistics of a run's latest checkpoint, as host arrays."""
   from xray_jax import trained
@@ -105,24 +113,65 @@ def assert_config_error(run: Callable[[ml_collections.ConfigDict, str], object],
   assert "\n" not in str(e.value)
 
 
+# Run before the command: a new session whose controlling terminal is stdin's, as a shell's
+# foreground job has: typing Ctrl-C there sends SIGINT to its whole process group.
+_TAKE_TERMINAL = ("import fcntl, os, sys, termios; os.setsid(); "
+                  "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+class Terminal:
+  """`command` running on a 100-column pseudo-terminal, its controlling terminal."""
+
+  def __init__(self, command: list[str], devices: int = 2, show_stderr: bool = True):
+    self._controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    self.process = subprocess.Popen(
+        [sys.executable, "-c", _TAKE_TERMINAL, *command], cwd=REPO_ROOT, env=cpu_env(devices),
+        stdin=terminal, stdout=terminal, stderr=terminal if show_stderr else subprocess.DEVNULL)
+    os.close(terminal)
+    self._shown = bytearray()
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self) -> None:
+    while True:
+      try:
+        chunk = os.read(self._controller, 4096)
+      except OSError:  # The program ended and closed the terminal.
+        break
+      if not chunk:
+        break
+      self._shown += chunk
+
+  @property
+  def screen(self) -> str:
+    """What the terminal showed so far."""
+    return bytes(self._shown).decode(errors="replace")
+
+  def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+    """Waits until `pattern` shows; fails if the program ends or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not (match := re.search(pattern, self.screen)):
+      assert self.process.poll() is None, f"ended before {pattern!r}:\n{self.screen[-3000:]}"
+      assert time.monotonic() < deadline, f"no {pattern!r}:\n{self.screen[-3000:]}"
+      time.sleep(0.02)
+    return match
+
+  def press_ctrl_c(self) -> None:
+    os.write(self._controller, b"\x03")
+
+  def wait(self, timeout: float = 600) -> int:
+    """The program's exit code, once it ended and everything it showed was read."""
+    returncode = self.process.wait(timeout=timeout)
+    self._reader.join(timeout=10)
+    os.close(self._controller)
+    return returncode
+
+
 def run_in_terminal(command: list[str], devices: int = 2) -> tuple[int, str]:
   """Runs `command` with stdout on a 100-column pseudo-terminal; (exit code, what it showed)."""
-  controller, terminal = pty.openpty()
-  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=cpu_env(devices), stdout=terminal,
-                          stderr=subprocess.DEVNULL)
-  os.close(terminal)
-  shown = b""
-  while True:
-    try:
-      chunk = os.read(controller, 4096)
-    except OSError:  # The program ended and closed the terminal.
-      break
-    if not chunk:
-      break
-    shown += chunk
-  os.close(controller)
-  return proc.wait(timeout=600), shown.decode(errors="replace")
+  terminal = Terminal(command, devices, show_stderr=False)
+  return terminal.wait(), terminal.screen
 
 
 def write_image(path: pathlib.Path, label: int, rng: np.random.Generator, size: int = 32):

@@ -1,7 +1,6 @@
 """Preemption: SIGTERM makes the trainer save a checkpoint and exit for a resubmit, on one
 process and on two; the resumed run ends exactly where an uninterrupted one does."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from helpers import (
   TINY_FLAGS,
   cpu_env,
   final_variables,
+  recorded_train_steps,
   trainer_command,
   wait_for_text,
 )
@@ -25,11 +25,6 @@ pytestmark = pytest.mark.slow
 LONG = ["--config.training.num_train_steps=300", "--config.training.log_every_steps=1",
         "--config.training.eval_every_steps=100", "--config.training.checkpoint_every_steps=100"]
 PREEMPTED = r"preempted: checkpoint of step (\d+) saved"
-
-
-def _train_steps(workdir) -> list[int]:
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [record["step"] for record in map(json.loads, lines) if "train/loss" in record]
 
 
 def test_sigterm_saves_then_resume_is_exact(dataset_dir, tmp_path):
@@ -48,7 +43,7 @@ def test_sigterm_saves_then_resume_is_exact(dataset_dir, tmp_path):
   step = int(wait_for_text(log, PREEMPTED).group(1))
   assert 5 <= step < 300 and step % 100  # Saved at the notice, not at a regular checkpoint.
   assert checkpointing.has_digests(workdir / "checkpoints" / str(step))
-  assert _train_steps(workdir)[-1] == step
+  assert recorded_train_steps(workdir)[-1] == step
 
   resumed = subprocess.run(trainer_command(workdir, dataset_dir, *LONG), cwd=REPO_ROOT,
                            env=cpu_env(2), capture_output=True, text=True, timeout=600)
@@ -56,7 +51,7 @@ def test_sigterm_saves_then_resume_is_exact(dataset_dir, tmp_path):
   assert f"Resumed from the checkpoint of step {step}" in resumed.stderr
   for a, b in zip(final_variables(straight), final_variables(workdir), strict=True):
     np.testing.assert_array_equal(a, b)
-  assert _train_steps(workdir) == list(range(1, 301))  # Each step recorded once.
+  assert recorded_train_steps(workdir) == list(range(1, 301))  # Each step recorded once.
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(dataset_dir, tmp_path):
@@ -84,4 +79,4 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(dataset_dir, tmp
                          timeout=600)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   assert f"Resumed from the checkpoint of step {step}" in logs[0].read_text()
-  assert _train_steps(workdir) == list(range(1, 301))
+  assert recorded_train_steps(workdir) == list(range(1, 301))

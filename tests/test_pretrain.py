@@ -17,6 +17,7 @@ from helpers import (
   kill_after_saving,
   load_config_module,
   make_dataset,
+  recorded_train_steps,
   tiny_config,
 )
 
@@ -109,11 +110,6 @@ def test_bad_pretrain_values_are_one_line_errors(dataset_dir, tmp_path, field, v
                       tmp_path / "work")
 
 
-def _train_steps(workdir: pathlib.Path) -> list[int]:
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [m["step"] for m in map(json.loads, lines) if "train/loss" in m]
-
-
 @pytest.mark.slow
 def test_resumed_pretraining_equals_an_uninterrupted_one_and_skips_validation(
     dataset_dir, tmp_path, monkeypatch):
@@ -136,7 +132,8 @@ def test_resumed_pretraining_equals_an_uninterrupted_one_and_skips_validation(
   assert straight[0] == resumed[0] == 4
   for a, b in zip(jax.tree.leaves(straight[1]), jax.tree.leaves(resumed[1]), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert _train_steps(tmp_path / "straight") == _train_steps(tmp_path / "resumed") == [1, 2, 3, 4]
+  assert (recorded_train_steps(tmp_path / "straight")
+          == recorded_train_steps(tmp_path / "resumed") == [1, 2, 3, 4])
 
   # The validation split is the one a supervised run carves, and pretraining never saw it.
   recorded = json.loads((tmp_path / "straight" / "data_split.json").read_text())

@@ -7,6 +7,7 @@ Grad-CAM saliency (`xray_jax.predict` is its binary).
 
 import dataclasses
 import functools
+import io
 import pathlib
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 import PIL.Image
 
 from xray_jax import errors, inference, input_pipeline, sharding, trained
+from xray_jax import workdir as workdir_lib
 from xray_jax.data import image_check
 from xray_jax.data.folder import IMAGE_SUFFIXES
 from xray_jax.data.records import Record
@@ -184,7 +186,9 @@ def classify_files(
     saliency_dir.mkdir(parents=True, exist_ok=True)
     kept = [r["path"] for r in records]
     for path, image, h in zip(kept, gray, heat, strict=True):
-      PIL.Image.fromarray(gradcam.overlay(image, h)).save(saliency_path(saliency_dir, path, kept))
+      png = io.BytesIO()
+      PIL.Image.fromarray(gradcam.overlay(image, h)).save(png, format="PNG")
+      workdir_lib.write_atomically(saliency_path(saliency_dir, path, kept), png.getvalue())
   return predictions, failures
 
 

@@ -1,12 +1,14 @@
 """Command-line handling shared by the binaries: a mistyped flag, config file or config
-field is reported in one line, with a suggestion where one is known, not a traceback; and the
-process settings every binary makes before JAX starts."""
+field is reported in one line, with a suggestion where one is known, not a traceback, and so
+is Ctrl-C; and the process settings every binary makes before JAX starts."""
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from absl import flags
 
-from xray_jax import logs
+from xray_jax import interrupts, logs
 from xray_jax.speed import xla_flags
 
 
@@ -48,3 +50,11 @@ def set_up_process() -> None:
   xla_flags.set_defaults()
   logs.quiet_library_logs()
   logs.quiet_closed_loop_results()
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(consequence: str) -> Iterator[None]:
+  """Ctrl-C in the block (or the decorated function) ends the binary at once with one line,
+  "interrupted: `consequence`", and status 130 (`interrupts.exit_now`)."""
+  with interrupts.CtrlC(lambda presses: interrupts.exit_now(f"interrupted: {consequence}")):
+    yield

@@ -35,3 +35,11 @@ class Preempted(Exception):
   def __init__(self, step: int):
     super().__init__(f"preempted: checkpoint of step {step} saved; rerun to resume")
     self.step = step
+
+
+class Interrupted(Preempted):
+  """Training stopped on Ctrl-C after saving a checkpoint of `step`."""
+
+  def __str__(self) -> str:
+    return (f"interrupted (Ctrl-C): checkpoint of step {self.step} saved; run the same "
+            "command again to resume")

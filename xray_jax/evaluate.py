@@ -9,6 +9,7 @@ supplies the `evaluation` section (operating-point method, calibration bins). Re
 predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
 controlled acquisition shifts (xray_jax.evaluators.stress). Binary reports carry bootstrap
 intervals; --compare pairs this run (or its --ensemble) with another on the same images.
+Ctrl-C stops it with status 130; each report, table and figure is written whole or not at all.
 """
 
 import pathlib
@@ -58,6 +59,8 @@ def _evaluation_config(workdir) -> ml_collections.ConfigDict:
   return config.evaluation
 
 
+@cli.exit_on_interrupt("reports are written whole or not at all; the evaluation in progress "
+                       "wrote none")
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
-from xray_jax.data import augment, device_augment, image_cache, images, intensity, shifts
+from xray_jax.data import augment, device_augment, image_cache, images, intensity, shifts, workers
 from xray_jax.data.records import Record
 
 
@@ -142,9 +142,7 @@ def _process_slices(ds: grain.MapDataset, global_batch_size: int, process_index:
 def _to_iter_dataset(ds: grain.MapDataset, data_config) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch))
-  if data_config.num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
-  return it
+  return workers.prefetch(it, data_config.num_workers)
 
 
 def class_balanced(records: Sequence[Record], seed: int) -> list[Record]:

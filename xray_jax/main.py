@@ -5,7 +5,8 @@ r"""Trains an X-ray classifier.
 
 Running the same command again resumes from the last checkpoint in the workdir. On SIGTERM
 (a preemption or time-limit notice) it saves a checkpoint and exits with status 75, which
-the launchers in launch/ treat as "resubmit".
+the launchers in launch/ treat as "resubmit"; on Ctrl-C it saves one and exits with 130 (a
+second Ctrl-C stops it at once, keeping the last complete checkpoint).
 
 Config files take arguments after a colon, comma separated: `runlocal` (a one-minute smoke
 run: tiny model, few steps), `model=cnn|resnet18|resnet34|resnet50`, `res=N` (input size),
@@ -24,7 +25,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xray_jax import cli, config_help, errors, preemption, train
+from xray_jax import cli, config_help, errors, interrupts, preemption, train
 from xray_jax.speed import huge_pages
 
 FLAGS = flags.FLAGS
@@ -61,10 +62,12 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(local_device_ids=local_device_ids)
 
 
+@cli.exit_on_interrupt("stopped outside the training loop, without a new checkpoint; run "
+                       "the same command again to resume")
 def run_job(argv: list[str], job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   """The body of a training binary's `main`: handles the flags defined here (--print_config,
   --workdir, --huge_pages, the multi-process ones), then runs `job(config, workdir)`; a
-  one-line error exits with status 1, a preemption with status 75."""
+  one-line error exits with status 1, a preemption with status 75, Ctrl-C with 130."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.print_config:
@@ -83,9 +86,11 @@ def run_job(argv: list[str], job: Callable[[ml_collections.ConfigDict, str], Any
     job(FLAGS.config, FLAGS.workdir)
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
-  except errors.Preempted as e:
-    logging.warning("%s (exit status %d)", e, preemption.RESUBMIT_EXIT_CODE)
-    sys.exit(preemption.RESUBMIT_EXIT_CODE)
+  except errors.Preempted as e:  # errors.Interrupted too.
+    status = (interrupts.INTERRUPT_EXIT_CODE if isinstance(e, errors.Interrupted)
+              else preemption.RESUBMIT_EXIT_CODE)
+    logging.warning("%s (exit status %d)", e, status)
+    sys.exit(status)
 
 
 def main(argv: list[str]) -> None:

@@ -7,7 +7,7 @@ Images are preprocessed exactly as in evaluation. The table gives each file's cl
 probabilities and one decision: for two classes, whether the positive probability reaches
 the operating threshold chosen on validation (`xray_jax.evaluate --split=val`), or 0.5 when
 none was chosen; the header names the rule. Unreadable files are reported and skipped, and
-the exit code is then 1.
+the exit code is then 1. Ctrl-C stops it with status 130, without a partial --output.
 
 From Python: `xray_jax.classifier` (this binary's library).
 """
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 
 from xray_jax import cli, errors
+from xray_jax import workdir as workdir_lib
 from xray_jax.classifier import (
     Prediction,
     classify_files,
@@ -75,6 +76,8 @@ def format_table(predictions: Sequence[Prediction]) -> str:
   return "\n".join(lines)
 
 
+@cli.exit_on_interrupt("--output is written only once every image is classified, and "
+                       "each overlay whole or not at all")
 def main(argv: list[str]) -> None:
   cli.set_up_process()
   output = pathlib.Path(FLAGS.output) if FLAGS.output else None
@@ -96,8 +99,7 @@ def main(argv: list[str]) -> None:
   failures.update(unreadable)
   print(format_table(predictions))
   if output is not None and predictions:  # Nothing classified: no file to block a retry.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(format_output(predictions, output.suffix))
+    workdir_lib.write_atomically(output, format_output(predictions, output.suffix))
     logging.info("Wrote %d predictions to %s", len(predictions), output)
   for message in failures.values():
     print(f"failed: {message}", file=sys.stderr)

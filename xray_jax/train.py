@@ -1,6 +1,7 @@
 """Training loop: a jit-compiled, data-parallel train step fed by grain, with Orbax
 checkpoints, periodic validation and metrics."""
 
+import contextlib
 import functools
 import json
 import pathlib
@@ -221,10 +222,10 @@ def run_loop(
 
   Writes the train metrics (loss, accuracy, grad_norm, learning_rate) every
   `training.log_every_steps`, saves the state with the iterator's position every
-  `training.checkpoint_every_steps`, at the end and on a preemption notice (then raises
-  `errors.Preempted`), and, given `evaluate` (state -> each set's metrics), evaluates every
-  `training.eval_every_steps` and at the end. Returns the last evaluation's metrics
-  ("SET/METRIC"; {} without `evaluate`) and closes `checkpointer`.
+  `training.checkpoint_every_steps`, at the end and on a preemption notice or Ctrl-C (then
+  raises `errors.Preempted` or `errors.Interrupted`), and, given `evaluate` (state -> each
+  set's metrics), evaluates every `training.eval_every_steps` and at the end. Returns the
+  last evaluation's metrics ("SET/METRIC"; {} without `evaluate`) and closes `checkpointer`.
   """
   is_chief = jax.process_index() == 0
   start_step = int(state.step)
@@ -271,9 +272,10 @@ def run_loop(
         writer.write(step, val_metrics)
       if preempted:
         checkpointer.wait_until_finished()
+        interrupted = preemption_watcher.interrupted()  # Ctrl-C on one process: on all.
         # Exit together: a launcher may stop every process once the first one exits.
         multihost_utils.sync_global_devices("xray_jax: preemption checkpoint final")
-        raise errors.Preempted(step)
+        raise (errors.Interrupted if interrupted else errors.Preempted)(step)
       if do_eval or do_save:
         progress.restart_clock()  # Keep validation and saving out of images/s.
     if start_step >= total_steps:
@@ -282,11 +284,10 @@ def run_loop(
         val_metrics = prefixed(evaluate(state))
   finally:
     progress.close()
-    preemption_watcher.close()
-    try:
+    with contextlib.ExitStack() as closing:  # Each closes even if one before it fails.
+      closing.callback(preemption_watcher.close)  # Last: Ctrl-C during the last save waits.
+      closing.callback(writer.close)
       checkpointer.close()
-    finally:
-      writer.close()
   return val_metrics
 
 
@@ -295,7 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   returns the last metrics of validation and the named sets ("val/auc", "external/auc", ...).
 
   Raises `errors.Preempted` after saving a checkpoint when a preemption notice (SIGTERM)
-  arrives, and `errors.WorkdirBusyError` if another trainer uses `workdir`.
+  arrives, `errors.Interrupted` after saving one on Ctrl-C (SIGINT), and
+  `errors.WorkdirBusyError` if another trainer uses `workdir`.
   """
   return run_in_workdir(config, workdir, config_checks.check_config, _train)
 

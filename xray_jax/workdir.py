@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from xray_jax import errors, storage
+from xray_jax import errors, interrupts, storage
 
 CONFIG = "config.json"  # The resolved config the run trains with.
 CLASSES = "classes.json"  # Class names in label order.
@@ -33,7 +33,7 @@ def write_atomically(path: pathlib.Path, content: str | bytes) -> None:
   watching evaluator, a resumed run) never sees a half-written file. A full or read-only
   filesystem raises WriteError and leaves `path` as it was."""
   tmp = path.with_name(path.name + ".tmp")
-  with storage.writing(path):
+  with storage.writing(path), interrupts.exit_deferred():  # Ctrl-C leaves no temporary file.
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
       if isinstance(content, bytes):

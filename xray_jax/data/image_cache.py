@@ -21,7 +21,8 @@ import grain
 import numpy as np
 from absl import logging
 
-from xray_jax import storage
+from xray_jax import interrupts, storage
+from xray_jax.data import workers
 from xray_jax.data.records import Record
 
 DTYPE = np.float16  # Images in [0, 1]: rounding moves a pixel by at most 2.5e-4.
@@ -68,14 +69,13 @@ class ImageCache:
     with storage.writing(directory, what):
       folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
       cache = cls(folder / "images.npy")
-      weakref.finalize(cache, shutil.rmtree, folder, True)
+      interrupts.clean_up_on_exit_now(weakref.finalize(cache, shutil.rmtree, folder, True))
       rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, shape)
       _allocate(cache.path)
     start = time.perf_counter()
     ds = grain.MapDataset.source(records).map(_LoadOne(load)).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
-    if num_workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = workers.prefetch(ds, num_workers)
     for i, image in enumerate(ds):
       rows[i] = image
     rows.flush()

@@ -4,6 +4,7 @@ Figures are built with matplotlib's object API on an Agg canvas instead of pyplo
 importing this module neither switches the caller's backend nor leaves figures registered.
 """
 
+import io
 import os
 import pathlib
 
@@ -12,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from xray_jax import storage
+from xray_jax import workdir as workdir_lib
 from xray_jax.evaluators import metrics
 
 PathLike = str | os.PathLike
@@ -25,10 +26,9 @@ def _new_figure(figsize: tuple[float, float] = (5.0, 5.0), **subplot_kw) -> tupl
 
 
 def _save(figure: Figure, path: PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
-  with storage.writing(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+  path, buffer = pathlib.Path(path), io.BytesIO()
+  figure.savefig(buffer, format="png")
+  workdir_lib.write_atomically(path, buffer.getvalue())  # Never a half-written figure.
   return path
 
 
