@@ -4,6 +4,7 @@ at once, and a killed trainer leaves no stale lock."""
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import time
@@ -158,3 +159,20 @@ def test_second_trainer_is_refused_and_a_killed_one_frees_the_workdir(dataset_di
     first.wait()
   with workdir_lib.hold(workdir):  # The kernel released the dead trainer's lock.
     pass
+
+
+def test_a_save_outlasting_the_checkpoint_interval_is_warned_of_once(dataset_dir, tmp_path,
+                                                                     caplog):
+  config = tiny_config(dataset_dir, num_train_steps=8, checkpoint_every_steps=1,
+                       eval_every_steps=8)
+  with caplog.at_level("WARNING"):  # A save every step: the next begins before one is final.
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  warnings = [r.getMessage() for r in caplog.records if "became final" in r.getMessage()]
+  assert len(warnings) == 1, caplog.text
+  match = re.fullmatch(
+      r"The checkpoint of step (\d) became final ([\d.]+) s after its save began, later than "
+      r"the next save \(step (\d), ([\d.]+) s after it\): a run killed within \2 s of each "
+      r"save keeps none of them\. Raise training\.checkpoint_every_steps \(now 1\) until that "
+      r"many steps take longer than a save\.", warnings[0])
+  assert match, warnings[0]
+  assert int(match[3]) == int(match[1]) + 1 and float(match[2]) >= float(match[4])

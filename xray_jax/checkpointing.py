@@ -125,6 +125,8 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,  # Saves cut short by a kill.
             save_interval_steps=0 if read_only else 1))
     self._undigested_step: int | None = None
+    self._last_save: tuple[int, float] | None = None  # Its step, and when it began.
+    self._warned_slow_save = False
 
   def step_dir(self, step: int) -> pathlib.Path:
     return self._directory / str(step)
@@ -175,11 +177,30 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
     """Starts an asynchronous save of the state and the input position."""
+    self._warn_if_save_outlasts_interval(step)
     self._write_digests()
+    self._last_save = step, time.monotonic()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
     self._undigested_step = step
+
+  def _warn_if_save_outlasts_interval(self, step: int) -> None:
+    """Warns (once) when the previous save is not final yet as the save of `step` begins:
+    a run killed that soon after each save would keep none of them."""
+    if (self._last_save is None or self._warned_slow_save
+        or not self._manager.is_saving_in_progress()):
+      return
+    previous, began = self._last_save
+    interval = time.monotonic() - began
+    self._manager.wait_until_finished()
+    final = time.monotonic() - began
+    self._warned_slow_save = True
+    logging.warning(
+        "The checkpoint of step %d became final %.2f s after its save began, later than the "
+        "next save (step %d, %.2f s after it): a run killed within %.2f s of each save keeps "
+        "none of them. Raise training.checkpoint_every_steps (now %d) until that many steps "
+        "take longer than a save.", previous, final, step, interval, final, step - previous)
 
   def _write_digests(self) -> None:
     """Waits for the save in flight, then records its digests (process 0)."""
