@@ -49,9 +49,14 @@ def _tail(log, lines: int = 12) -> str:
   return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _start(workdir, dataset_dir, log) -> subprocess.Popen:
+def _slow_save_warnings(log) -> str:
+  return "".join(f"{line}\n" for line in log.read_text(errors="replace").splitlines()
+                 if "became final" in line)
+
+
+def _start(workdir, dataset_dir, log, flags: list[str] = RUN) -> subprocess.Popen:
   with log.open("a") as out:
-    return subprocess.Popen(trainer_command(workdir, dataset_dir, *RUN), cwd=REPO_ROOT,
+    return subprocess.Popen(trainer_command(workdir, dataset_dir, *flags), cwd=REPO_ROOT,
                             env=cpu_env(2), stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -141,6 +146,28 @@ def test_sigkill_at_random_moments_then_rerun_is_bit_identical(dataset_dir, tmp_
   assert not _saves_in_flight(workdir), "the saves cut short were not cleaned up"
   assert_same_final_variables(straight, workdir)
   _assert_each_step_recorded_once(workdir)
+
+
+def test_kills_every_two_and_a_half_checkpoint_intervals_keep_progress(dataset_dir, tmp_path):
+  # 100 steps take longer than a save of the tiny model here: each start keeps one or two.
+  every, workdir = 100, tmp_path / "run"
+  flags = ["--config.training.num_train_steps=1000", "--config.training.log_every_steps=1",
+           "--config.training.eval_every_steps=1000",
+           f"--config.training.checkpoint_every_steps={every}"]
+  resumed_from, logs = [], []
+  for start in range(3):
+    logs.append(log := tmp_path / f"start{start}.log")
+    proc = _start(workdir, dataset_dir, log, flags)
+    first = int(wait_for_text(log, r"step (\d+)/1000", process=proc).group(1))
+    resumed_from.append(first - 1)
+    wait_for_text(log, rf"step {first - 1 + 5 * every // 2}/", process=proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"{log.name} ended before its kill:\n{_tail(log)}"
+  resumed_from.append(_newest_final_step(workdir))
+  assert all(a < b for a, b in itertools.pairwise(resumed_from)), (
+      f"the starts resumed from steps {resumed_from}, then checkpoint "
+      f"{resumed_from[-1]} was the newest:" + "".join(
+          f"\n--- {log.name}:\n{_slow_save_warnings(log)}{_tail(log)}" for log in logs))
 
 
 def test_second_trainer_is_refused_and_a_killed_one_frees_the_workdir(dataset_dir, tmp_path):
