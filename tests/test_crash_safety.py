@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import grain
 import numpy as np
 import pytest
 from helpers import (
@@ -20,7 +21,7 @@ from helpers import (
   wait_for_text,
 )
 
-from xray_jax import errors, train
+from xray_jax import checkpointing, errors, train
 from xray_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
@@ -203,3 +204,21 @@ def test_a_save_outlasting_the_checkpoint_interval_is_warned_of_once(dataset_dir
       r"many steps take longer than a save\.", warnings[0])
   assert match, warnings[0]
   assert int(match[3]) == int(match[1]) + 1 and float(match[2]) >= float(match[4])
+
+
+def test_early_saves_are_not_compared_with_the_interval(tmp_path, monkeypatch, caplog):
+  # Every save counts as still in flight at the next one: only the early one is exempt.
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "is_saving_in_progress",
+                      lambda self: True)
+  checkpointer = checkpointing.Checkpointer(tmp_path / "checkpoints")
+  state, data = {"w": np.zeros(3)}, iter(grain.MapDataset.range(4).to_iter_dataset())
+  with caplog.at_level("WARNING"):
+    checkpointer.save(1, state, data)
+    checkpointer.save(2, state, data, on_schedule=False)  # At the end, or on preemption.
+    assert "became final" not in caplog.text
+    for step in (3, 4):
+      checkpointer.save(step, state, data)
+  checkpointer.close()
+  warnings = [r.getMessage() for r in caplog.records if "became final" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith("The checkpoint of step 2 "), warnings
+  assert "(step 3, " in warnings[0] and "(now 1)" in warnings[0]

@@ -175,9 +175,13 @@ class Checkpointer:
                  and np.isfinite(m[self._best_key])]
     return max(validated)[1] if validated else None
 
-  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
-    """Starts an asynchronous save of the state and the input position."""
-    self._warn_if_save_outlasts_interval(step)
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+           on_schedule: bool = True) -> None:
+    """Starts an asynchronous save of the state and the input position. `on_schedule`: a
+    save at the regular interval (not an early one at the end or on preemption), which the
+    warning about slow saves compares them with."""
+    if on_schedule:
+      self._warn_if_save_outlasts_interval(step)
     self._write_digests()
     self._last_save = step, time.monotonic()
     self._manager.save(step, args=ocp.args.Composite(
