@@ -74,11 +74,32 @@ def recorded_train_steps(workdir: pathlib.Path) -> list[int]:
   return [record["step"] for record in map(json.loads, lines) if "train/loss" in record]
 
 
-def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
-  """Parameters and BatchNorm statistics of a run's latest checkpoint, as host arrays."""
+def _latest_variables(workdir: pathlib.Path) -> tuple[int, dict[str, np.ndarray]]:
+  """The step of a run's latest checkpoint, and its parameters and BatchNorm statistics by
+  path, as host arrays."""
   from xray_jax import trained
 
-  return [np.asarray(x) for x in jax.tree.leaves(trained.load(workdir, "latest").variables)]
+  loaded = trained.load(workdir, "latest")
+  return loaded.step, {jax.tree_util.keystr(path): np.asarray(x)
+                       for path, x in jax.tree_util.tree_leaves_with_path(loaded.variables)}
+
+
+def final_variables(workdir: pathlib.Path) -> list[np.ndarray]:
+  """Parameters and BatchNorm statistics of a run's latest checkpoint, as host arrays."""
+  return list(_latest_variables(workdir)[1].values())
+
+
+def assert_same_final_variables(expected: pathlib.Path, found: pathlib.Path,
+                                rtol: float = 0.0, atol: float = 0.0) -> None:
+  """The latest checkpoints of two runs hold the same step and variables, equal within
+  `rtol` and `atol` (exactly, by default); a failure names the variable and the step."""
+  (expected_step, want), (found_step, got) = _latest_variables(expected), _latest_variables(found)
+  assert (found_step, list(got)) == (expected_step, list(want)), (
+      f"{found}: latest checkpoint of step {found_step}, {expected}: of step {expected_step}"
+      f"; variables only in one: {sorted(set(got) ^ set(want))}")
+  for name, value in want.items():
+    np.testing.assert_allclose(got[name], value, rtol=rtol, atol=atol, err_msg=(
+        f"{name} at step {found_step} of {found} differs from {expected}"))
 
 
 class Killed(Exception):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, cpu_env, tiny_config
 
-from xray_jax.speed import suite
+from xray_jax.speed import checkpoint_speed, suite
 
 FAKE_REFERENCE = """import json, sys
 print("some log line")
@@ -64,6 +64,21 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   assert max(top.values()) <= max(by_kind.values()) and min(by_kind.values()) >= 0
   table = suite.format_table(results)
   assert "ratio_to_torch" in table and "input_images_per_s" in table
+
+
+def test_checkpoint_saves_are_timed_until_final(dataset_dir, tmp_path):
+  (tmp_path / "disk").mkdir()
+  results = checkpoint_speed.checkpoint_speed(tiny_config(dataset_dir), saves=2,
+                                              directory=str(tmp_path / "disk"))
+  json.loads(json.dumps(results))
+  assert results["model"] == "cnn" and results["platform"] == "cpu"
+  assert len(results["checkpoint_save_s"]) == len(results["checkpoint_final_s"]) == 2
+  for returned, final in zip(results["checkpoint_save_s"], results["checkpoint_final_s"],
+                             strict=True):
+    assert 0 < returned <= final
+  # Random values do not compress: the checkpoint holds at least the state's bytes.
+  assert results["checkpoint_mib"] >= results["state_mib"] > 0
+  assert not list((tmp_path / "disk").iterdir())  # Its temporary folder is gone.
 
 
 def test_reference_gets_the_same_model_size_and_batch(tmp_path):

@@ -13,6 +13,8 @@ measured in the same process, and on known accelerators the MFU.
       --torch_script=/path/to/torch_reference.py --rounds=3
   # where the step's time goes: a profiler trace, summed per HLO instruction and kind
   python -m xray_jax.benchmark --config=configs/pneumonia.py --profile_dir=/tmp/profile
+  # how long a checkpoint of the train state takes to save and to become final, 5 times
+  python -m xray_jax.benchmark --config=configs/pneumonia_cpu.py --checkpoint_saves=5
 
 Train and eval steps run on random data; `--data_dir` times the grain pipeline on its own.
 """
@@ -27,6 +29,7 @@ from ml_collections import config_flags
 
 from xray_jax import cli
 from xray_jax.speed import huge_pages
+from xray_jax.speed.checkpoint_speed import checkpoint_speed
 from xray_jax.speed.suite import benchmark, format_table, run_torch_reference
 
 FLAGS = flags.FLAGS
@@ -55,6 +58,11 @@ flags.DEFINE_string("profile_dir", "", "Trace `profile_steps` train steps with j
 flags.DEFINE_integer("profile_steps", 3, "Train steps in the profiler trace.")
 flags.DEFINE_integer("profile_top", 10, "Costliest kinds of HLO instruction, and costliest "
                      "instructions, to report.")
+flags.DEFINE_integer("checkpoint_saves", 0, "Instead of the steps: time this many checkpoint "
+                     "saves of the config's train state (0: time the steps).")
+flags.DEFINE_string("checkpoint_dir", "", "With --checkpoint_saves: the folder to save in "
+                    "(put it on the workdir's disk); empty: a temporary folder.")
+
 
 def main(argv: list[str]) -> None:
   del argv
@@ -70,12 +78,16 @@ def main(argv: list[str]) -> None:
     torch_reference = lambda: run_torch_reference(
         FLAGS.torch_script, FLAGS.torch_python, config.model.name, config.data.image_size,
         config.training.global_batch_size, FLAGS.steps, FLAGS.torch_threads)
-  results = benchmark(config, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                      eval_steps=FLAGS.eval_steps, rounds=FLAGS.rounds,
-                      num_classes=FLAGS.num_classes, data_dir=FLAGS.data_dir,
-                      input_batches=FLAGS.input_batches, profile_dir=FLAGS.profile_dir,
-                      profile_steps=FLAGS.profile_steps, profile_top=FLAGS.profile_top,
-                      torch_reference=torch_reference)
+  if FLAGS.checkpoint_saves:
+    results = checkpoint_speed(config, FLAGS.checkpoint_saves, FLAGS.num_classes,
+                               FLAGS.checkpoint_dir)
+  else:
+    results = benchmark(config, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                        eval_steps=FLAGS.eval_steps, rounds=FLAGS.rounds,
+                        num_classes=FLAGS.num_classes, data_dir=FLAGS.data_dir,
+                        input_batches=FLAGS.input_batches, profile_dir=FLAGS.profile_dir,
+                        profile_steps=FLAGS.profile_steps, profile_top=FLAGS.profile_top,
+                        torch_reference=torch_reference)
   print(format_table(results))
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(results, indent=2))

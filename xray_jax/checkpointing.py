@@ -132,6 +132,8 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,  # Saves cut short by a kill.
             save_interval_steps=0 if read_only else 1))
     self._undigested_step: int | None = None
+    self._last_save: tuple[int, float] | None = None  # Its step, and when it began.
+    self._warned_slow_save = False
 
   def step_dir(self, step: int) -> pathlib.Path:
     return self._directory / str(step)
@@ -180,11 +182,17 @@ class Checkpointer:
                  and np.isfinite(m[self._best_key])]
     return max(validated)[1] if validated else None
 
-  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
-    """Starts an asynchronous save of the state and the input position. A full, over-quota
-    or read-only filesystem raises WriteError (here or at the next wait)."""
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+           on_schedule: bool = True) -> None:
+    """Starts an asynchronous save of the state and the input position. `on_schedule`: a
+    save at the regular interval (not an early one at the end or on preemption), which the
+    warning about slow saves compares them with. A full, over-quota or read-only filesystem
+    raises WriteError (here or at the next wait)."""
+    if on_schedule:
+      self._warn_if_save_outlasts_interval(step)
     self._write_digests()
     self._check_free_space(step)
+    self._last_save = step, time.monotonic()
     with self._reporting_write_errors(step):
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -204,6 +212,24 @@ class Checkpointer:
     if multihost_utils.broadcast_one_to_all(np.int32(short)):
       raise storage.write_error(self.step_dir(step), f"the checkpoint of step {step}",
                                 errno.ENOSPC, needed)
+
+  def _warn_if_save_outlasts_interval(self, step: int) -> None:
+    """Warns (once) when the previous save is not final yet as the save of `step` begins:
+    a run killed that soon after each save would keep none of them."""
+    if (self._last_save is None or self._warned_slow_save
+        or not self._manager.is_saving_in_progress()):
+      return
+    previous, began = self._last_save
+    interval = time.monotonic() - began
+    with self._reporting_write_errors(previous):
+      self._manager.wait_until_finished()
+    final = time.monotonic() - began
+    self._warned_slow_save = True
+    logging.warning(
+        "The checkpoint of step %d became final %.2f s after its save began, later than the "
+        "next save (step %d, %.2f s after it): a run killed within %.2f s of each save keeps "
+        "none of them. Raise training.checkpoint_every_steps (now %d) until that many steps "
+        "take longer than a save.", previous, final, step, interval, final, step - previous)
 
   def _write_digests(self) -> None:
     """Waits for the save in flight, then records its digests (process 0)."""

@@ -263,7 +263,7 @@ def run_loop(
             **{f"train/{k}": v for k, v in train_metrics.items()},
             "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
       if do_save:  # Before validation: a failure there must not lose the training.
-        checkpointer.save(step, state, train_iter)
+        checkpointer.save(step, state, train_iter, on_schedule=step % checkpoint_every == 0)
       if do_eval:
         results = evaluate(state)
         checkpointer.record_validation(step, validation_record(results))
