@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config_module, write_image
+from helpers import REPO_ROOT, load_config_module, tiny_config, write_image
 
 from xray_jax import config_checks, errors, train
 from xray_jax import workdir as workdir_lib
@@ -374,3 +374,23 @@ def test_label_counts_binary_reads_tables_without_images(tmp_path):
                           capture_output=True, text=True)
   assert failed.returncode == 1
   assert failed.stderr.strip().endswith("error: config.data.source='folder': expected csv")
+
+
+@pytest.mark.slow
+def test_training_and_patient_bootstrap_on_a_csv_table(tmp_path):
+  """A single-label table trains; its test split's intervals resample the patients of
+  data.patient_column (2 of them), not images."""
+  rng = np.random.default_rng(6)
+  rows = ["file,target,pid,split"]
+  for i in range(48):
+    write_image(tmp_path / "data" / f"x{i}.png", i % 2, rng)
+    rows.append(f"x{i}.png,{i % 2},p{i // 4},{'test' if i >= 40 else 'train'}")
+  write_lines(tmp_path / "data" / "labels.csv", rows)
+  config = tiny_config(tmp_path / "data")
+  config.data.update(source="csv", csv_files="labels.csv", image_path="{file}",
+                     label_column="target", patient_column="pid", split_column="split")
+  workdir = tmp_path / "work"
+  assert 0.0 <= train.train_and_evaluate(config, str(workdir))["val/auc"] <= 1.0
+  report = evaluation.evaluate_checkpoint(workdir, "test", "latest", config.evaluation)
+  assert report["at_0.5"]["num_examples"] == 8
+  assert report["intervals"]["unit"] == "patient" and report["intervals"]["groups"] == 2
