@@ -265,19 +265,30 @@ def test_tuberculosis_sets_labelled_by_file_name(tmp_path, name, prefix, folder)
   assert sorted(r["label"] for r in found.val) == [0, 0, 1, 1]
 
 
-def test_single_label_column(tmp_path):
+# A single-label table: class, patient and split columns.
+TABLE_FIELDS = dict(source="csv", csv_files="labels.csv", image_path="{file}",
+                    label_column="target", patient_column="pid", split_column="split")
+
+
+def make_label_table(root: pathlib.Path, images: int, test_from: int) -> pathlib.Path:
+  """ROOT/x{i}.png and ROOT/labels.csv: image i of class i % 2 and patient i // 4, in the
+  test split from `test_from` on."""
   rng = np.random.default_rng(5)
-  rows = ["file,target,pid"]
-  for i in range(8):
-    write_image(tmp_path / "data" / f"x{i}.png", i % 2, rng)
-    rows.append(f"x{i}.png,{i % 2},p{i // 2}")
-  write_lines(tmp_path / "data" / "labels.csv", rows)
-  config = config_of("pneumonia", tmp_path / "data")
-  config.data.update(source="csv", csv_files="labels.csv", image_path="{file}",
-                     label_column="target", patient_column="pid")
+  rows = ["file,target,pid,split"]
+  for i in range(images):
+    write_image(root / f"x{i}.png", i % 2, rng)
+    rows.append(f"x{i}.png,{i % 2},p{i // 4},{'test' if i >= test_from else 'train'}")
+  write_lines(root / "labels.csv", rows)
+  return root
+
+
+def test_single_label_column(tmp_path):
+  config = config_of("pneumonia", make_label_table(tmp_path / "data", 16, test_from=12))
+  config.data.update(TABLE_FIELDS)
   config_checks.check_config(config)
   found = datasets.load_splits(config.data, tmp_path / "work")
   assert {r["label"] for r in found.train} == {0, 1} and isinstance(found.val[0]["label"], int)
+  assert [r["patient"] for r in found.test] == ["p3"] * 4
   assert_patient_disjoint(found)
 
 
@@ -380,15 +391,8 @@ def test_label_counts_binary_reads_tables_without_images(tmp_path):
 def test_training_and_patient_bootstrap_on_a_csv_table(tmp_path):
   """A single-label table trains; its test split's intervals resample the patients of
   data.patient_column (2 of them), not images."""
-  rng = np.random.default_rng(6)
-  rows = ["file,target,pid,split"]
-  for i in range(48):
-    write_image(tmp_path / "data" / f"x{i}.png", i % 2, rng)
-    rows.append(f"x{i}.png,{i % 2},p{i // 4},{'test' if i >= 40 else 'train'}")
-  write_lines(tmp_path / "data" / "labels.csv", rows)
-  config = tiny_config(tmp_path / "data")
-  config.data.update(source="csv", csv_files="labels.csv", image_path="{file}",
-                     label_column="target", patient_column="pid", split_column="split")
+  config = tiny_config(make_label_table(tmp_path / "data", 48, test_from=40))
+  config.data.update(TABLE_FIELDS)
   workdir = tmp_path / "work"
   assert 0.0 <= train.train_and_evaluate(config, str(workdir))["val/auc"] <= 1.0
   report = evaluation.evaluate_checkpoint(workdir, "test", "latest", config.evaluation)
