@@ -6,7 +6,15 @@ import re
 import ml_collections
 
 from xray_jax import errors, losses
-from xray_jax.data import dicom, download, eval_sets, image_check, intensity, tfds_builders
+from xray_jax.data import (
+  csv_source,
+  dicom,
+  download,
+  eval_sets,
+  image_check,
+  intensity,
+  tfds_builders,
+)
 from xray_jax.evaluators import metrics, tta
 from xray_jax.models import resnet
 
@@ -56,6 +64,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            ", ".join(image_check.MODES))
   require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
            "empty, md5:HEX or sha256:HEX")
+  if data.source == "csv":
+    csv_source.check_csv_config(data, config.get("task", "single_label"))
   if data.source == "npz":
     require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):

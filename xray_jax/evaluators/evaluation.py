@@ -124,9 +124,10 @@ def _log_summary(split: str, step: int, report: dict) -> None:
 
 
 def record_groups(records: Sequence[Record], data_config: ml_collections.ConfigDict) -> list[str]:
-  """The patient of each record by `data.group_pattern` (else each image is its own)."""
-  return splits.match_groups([str(r["path"]) for r in records],
-                             data_config.get("group_pattern") or "(?!)")[0]
+  """The patient of each record: its "patient" where the source gives one, else by
+  `data.group_pattern` (else each image is its own)."""
+  return splits.record_patients(records) or splits.match_groups(
+      [str(r["path"]) for r in records], data_config.get("group_pattern") or "(?!)")[0]
 
 
 def _intervals(groups: Sequence[str], probs: np.ndarray, labels: np.ndarray,
