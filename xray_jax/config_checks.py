@@ -16,7 +16,7 @@ from xray_jax.data import (
   tfds_builders,
 )
 from xray_jax.evaluators import metrics, tta
-from xray_jax.models import resnet
+from xray_jax.models import common
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
 
@@ -93,7 +93,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              config.model.pooling, "avg, max or flatten")
   if config.model.name.startswith("resnet"):
     stem = config.model.get("stem", "imagenet")
-    require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
+    require(stem in common.STEMS, "model.stem", stem, ", ".join(common.STEMS))
   require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
            " or ".join(losses.LOSSES))
   require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
