@@ -8,7 +8,7 @@ use (data.source="auto").
 
 Config args (after a colon, comma separated):
   runlocal       a one-minute smoke run of this config (tiny model, few steps).
-  model=NAME     cnn (default), resnet18, resnet34 or resnet50.
+  model=NAME     cnn (default), resnet18, resnet34, resnet50 or densenet121.
   res=N          square input size in pixels (default 224).
 e.g. `--config=configs/pneumonia.py:model=resnet18,res=128`.
 """
@@ -43,16 +43,31 @@ MODEL_FIELDS = {
         dropout=0.0,  # Dropout rate before the classifier.
         **BATCH_NORM_FIELDS,
     ),
+    "densenet": dict(
+        width=64,  # Channels of the stem.
+        growth_rate=32,  # Channels that each dense layer adds to its block's feature map.
+        block_sizes=(6, 12, 24, 16),  # Dense layers per block (DenseNet-121's).
+        stem="auto",  # As the ResNets' stem: imagenet, small, fast or auto.
+        dropout=0.0,  # Dropout rate before the classifier.
+        **BATCH_NORM_FIELDS,
+    ),
 }
+
+# What `runlocal` shrinks: a few seconds to compile (a full-depth DenseNet takes a minute).
+RUNLOCAL_MODEL_FIELDS = dict(
+    cnn=dict(widths=(8, 16), dense=(16,)),
+    resnet=dict(width=8),
+    densenet=dict(width=8, growth_rate=4, block_sizes=(2, 2, 2, 2)),
+)
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
   """Returns the model section for a registered model name: name, dtype and the fields of
   its family."""
-  family = "resnet" if name.startswith("resnet") else name
+  family = config_args.model_family(name)
   fields = MODEL_FIELDS.get(family, {})
   return ml_collections.ConfigDict(dict(
-      name=name,  # Registered model: cnn, resnet18, resnet34, resnet50.
+      name=name,  # Registered model: cnn, resnet18, resnet34, resnet50, densenet121.
       dtype="float32",  # Compute dtype: float32, or bfloat16 on GPU/TPU. Params stay float32.
       **fields,
   ))
@@ -264,7 +279,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     config.data.image_size = min(arg.res, 64)
     config.data.num_workers = 0
-    config.model.update(dict(widths=(8, 16), dense=(16,)) if arg.model == "cnn" else dict(width=8))
+    config.model.update(RUNLOCAL_MODEL_FIELDS.get(config_args.model_family(arg.model), {}))
     config.training.global_batch_size = 16
     config.training.num_train_steps = 20
     config.training.log_every_steps = 5

@@ -1,6 +1,7 @@
 """Config files, config args and config checks."""
 
 import pathlib
+import re
 
 import pytest
 from helpers import load_config_module
@@ -83,11 +84,32 @@ def test_bad_threshold_method_or_fixed_threshold_is_reported():
     config_checks.check_evaluation_config(evaluation)
 
 
-def test_bad_resnet_stem_is_reported():
-  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=resnet18")
+@pytest.mark.parametrize("model", ["resnet18", "densenet121"])
+def test_bad_stem_is_reported(model):
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config(f"model={model}")
   config.model.stem = "tiny"
   with pytest.raises(errors.ConfigError, match=r"model\.stem='tiny'.*imagenet, small, fast, auto"):
     config_checks.check_config(config)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("growth_rate", 0, "model.growth_rate=0: expected a positive integer"),
+    ("block_sizes", (), "model.block_sizes=(): expected one or more"),
+    ("block_sizes", (6, 0), "model.block_sizes=(6, 0): expected one or more"),
+])
+def test_bad_densenet_shape_is_reported(field, value, message):
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("model=densenet121")
+  config.model[field] = value
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
+    config_checks.check_config(config)
+
+
+def test_runlocal_densenet_is_shallow_and_checks():
+  """The runlocal DenseNet compiles in seconds: 2 layers a block instead of 6 to 24."""
+  config = load_config_module(CONFIG_DIR / "pneumonia.py").get_config("runlocal,model=densenet121")
+  config_checks.check_config(config)
+  assert tuple(config.model.block_sizes) == (2, 2, 2, 2)
+  assert isinstance(models.create_model(config.model, 2), models.densenet.DenseNet)
 
 
 def test_unknown_data_source_is_reported(tmp_path):
@@ -110,6 +132,9 @@ def test_unknown_model_name_is_reported():
     ("pneumonia_cpu.py", "resnet18", "data.num_workers", "# Decoding in threads of the main"),
     ("pneumonia_cpu.py", "resnet18", "model.dropout", "# Dropout rate before the classifier."),
     ("pneumonia.py", "cnn", "model.dropout", "# Dropout rate before each dense layer"),
+    ("pneumonia.py", "densenet121", "model.growth_rate", "# Channels that each dense layer"),
+    ("pneumonia.py", "densenet121", "model.width", "# Channels of the stem."),
+    ("pneumonia.py", "densenet121", "seed", "# Seeds parameter init"),
 ])
 def test_print_config_takes_each_comment_from_the_file_that_sets_the_field(
     config_file, model, field, comment):

@@ -2,10 +2,11 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from helpers import tiny_config
 
-from xray_jax import sharding
+from xray_jax import models, sharding
 from xray_jax.speed import model_flops, suite
 
 
@@ -58,3 +59,32 @@ def test_train_step_counts_xla_flops_less_elementwise_work(dataset_dir, monkeypa
   # Elementwise work is about a quarter of this tiny model's; the backward pass, two thirds
   # of its matmul and convolution FLOPs.
   assert 0.6 * xla < bench.flops_per_step < xla
+
+
+def _densenet121_multiply_adds(channels: int, num_classes: int, taps_on_padding: bool) -> int:
+  """Multiply-adds of DenseNet-121 at 224 px, counted by hand. Without the taps on padding, a
+  3x3 convolution (stride 1, SAME) on an n x n map has (3n - 2)^2 (output, tap) pairs, and
+  the 7x7 stride-2 stem 778^2 (6 of each row's 112 x 7 on padding)."""
+  taps_3x3 = (lambda n: 9 * n * n) if taps_on_padding else (lambda n: (3 * n - 2) ** 2)
+  total = (112 * 7 if taps_on_padding else 778) ** 2 * channels * 64
+  width, n = 64, 56
+  for block, num_layers in enumerate((6, 12, 24, 16)):
+    for layer in range(num_layers):
+      total += n * n * (width + 32 * layer) * 128 + taps_3x3(n) * 128 * 32
+    width += 32 * num_layers
+    if block < 3:
+      total += n * n * width * (width // 2)
+      width, n = width // 2, n // 2
+  return total + width * num_classes
+
+
+def test_densenet121_flops_match_the_hand_count():
+  """model_flops counts 2 FLOPs a multiply-add, none on padding. With the taps on padding,
+  the hand count is torchvision's published 2.83 G multiply-adds (3 channels, 1000 classes)."""
+  assert round(_densenet121_multiply_adds(3, 1000, taps_on_padding=True) / 1e9, 2) == 2.83
+  model = models.create_model(ml_collections.ConfigDict(dict(
+      name="densenet121", dtype="float32")), 1000)
+  images = jnp.zeros((1, 224, 224, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  flops = model_flops.model_flops(lambda v, x: model.apply(v, x), variables, images)
+  assert flops == 2 * _densenet121_multiply_adds(3, 1000, taps_on_padding=False)

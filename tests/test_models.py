@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from xray_jax import errors, models
+from xray_jax import config_args, errors, models
 
-SMALL = {"cnn": dict(widths=(4, 8), dense=(8,)), "resnet": dict(width=4)}
+SMALL = {"cnn": dict(widths=(4, 8), dense=(8,)), "resnet": dict(width=4),
+         "densenet": dict(width=4, growth_rate=4, block_sizes=(1, 1))}
 
 
 def small_config(name: str, dtype: str = "float32") -> ml_collections.ConfigDict:
-  fields = SMALL["resnet" if name.startswith("resnet") else name]
+  fields = SMALL[config_args.model_family(name)]
   return ml_collections.ConfigDict(dict(name=name, dtype=dtype, **fields))
 
 
@@ -32,7 +33,7 @@ def test_logits_shape_and_dtype(name, channels):
   assert any(jax.tree.leaves(changed)), "training mode must update BatchNorm statistics"
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121"])
 def test_bfloat16_compute_keeps_float32_params_and_logits(name):
   model = models.create_model(small_config(name, "bfloat16"), num_classes=2)
   images = jnp.ones((2, 32, 32, 1))
@@ -68,7 +69,7 @@ def test_config_field_that_does_not_fit_the_model():
     models.create_model(config, 2)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121"])
 def test_batch_norm_momentum_comes_from_the_config(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 1)) + 3.0
 

@@ -42,6 +42,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def model_family(name: str) -> str:
+  """The family of a registered model name, whose fields a config lists together: the name
+  less its trailing digits (resnet50 -> resnet, densenet121 -> densenet, cnn -> cnn)."""
+  return name.rstrip("0123456789")
+
+
 def import_sibling(config_file: str, name: str) -> types.ModuleType:
   """Imports the config module `name` (e.g. "pneumonia") from the folder of `config_file`,
   so a variant config can start from its base config's `get_config`."""

@@ -5,7 +5,7 @@ import re
 
 import ml_collections
 
-from xray_jax import errors, losses
+from xray_jax import config_args, errors, losses
 from xray_jax.data import (
   csv_source,
   dicom,
@@ -16,7 +16,7 @@ from xray_jax.data import (
   tfds_builders,
 )
 from xray_jax.evaluators import metrics, tta
-from xray_jax.models import resnet
+from xray_jax.models import common
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
 
@@ -91,9 +91,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name == "cnn":
     require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
-  if config.model.name.startswith("resnet"):
+  family = config_args.model_family(config.model.name)
+  if family in ("resnet", "densenet"):
     stem = config.model.get("stem", "imagenet")
-    require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
+    require(stem in common.STEMS, "model.stem", stem, ", ".join(common.STEMS))
+  if family == "densenet":
+    require(config.model.growth_rate > 0, "model.growth_rate", config.model.growth_rate,
+            "a positive integer")
+    block_sizes = tuple(config.model.block_sizes)
+    require(bool(block_sizes) and min(block_sizes) > 0, "model.block_sizes", block_sizes,
+            "one or more positive layer counts, e.g. 6,12,24,16")
   require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
            " or ".join(losses.LOSSES))
   require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",

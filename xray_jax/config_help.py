@@ -7,6 +7,8 @@ import re
 
 import ml_collections
 
+from xray_jax import config_args
+
 # `config.a.b = value  # comment`, or a model field `name=value,  # comment`.
 _COMMENTED_FIELD = re.compile(r"^\s*(?:config\.)?([A-Za-z_][\w.]*)\s*=(?!=).*?#\s*(.+)$")
 # `config.a.b = value` or `name=value,` under a block of comment lines that explains it.
@@ -74,7 +76,7 @@ def describe(config: ml_collections.ConfigDict, config_file: pathlib.Path) -> st
   """`field = value  # comment` for every field of `config`."""
   comments = _field_comments(config_file)
   model = config.get("model", {}).get("name", "")
-  family = "resnet" if model.startswith("resnet") else model
+  family = config_args.model_family(model)
   lines = []
   for name, value in _flatten(config):
     field = name.rsplit(".", 1)[-1]

@@ -9,10 +9,10 @@ the launchers in launch/ treat as "resubmit"; on Ctrl-C it saves one and exits w
 second Ctrl-C stops it at once, keeping the last complete checkpoint).
 
 Config files take arguments after a colon, comma separated: `runlocal` (a one-minute smoke
-run: tiny model, few steps), `model=cnn|resnet18|resnet34|resnet50`, `res=N` (input size),
-e.g. --config=configs/pneumonia.py:model=resnet18,res=128. Any field can be overridden,
-e.g. --config.training.num_epochs=5. --print_config lists every field with its value and
-its meaning.
+run: tiny model, few steps), `model=cnn|resnet18|resnet34|resnet50|densenet121`, `res=N`
+(input size), e.g. --config=configs/pneumonia.py:model=resnet18,res=128. Any field can be
+overridden, e.g. --config.training.num_epochs=5. --print_config lists every field with its
+value and its meaning.
 """
 
 import pathlib

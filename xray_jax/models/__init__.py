@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.models import cnn, resnet
+from xray_jax.models import cnn, densenet, resnet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn.ClassicCNN,
     "resnet18": resnet.ResNet18,
     "resnet34": resnet.ResNet34,
     "resnet50": resnet.ResNet50,
+    "densenet121": densenet.DenseNet121,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -1,7 +1,13 @@
 """Pieces shared by the model families."""
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from xray_jax.models import pooling
 
 FEATURES = "features"  # Name of the last convolutional feature map (Grad-CAM reads it).
 
@@ -12,3 +18,48 @@ def expose_features(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
   those collections are requested."""
   module.sow("intermediates", FEATURES, x)
   return module.perturb(FEATURES, x)
+
+
+def pooled_head(module: nn.Module, x: jnp.ndarray, num_classes: int, dropout: float,
+                train: bool, dtype: Any) -> jnp.ndarray:
+  """Float32 logits from the last feature map `x` (exposed for Grad-CAM): global average
+  pooling, dropout and a dense layer, made inside `module`'s compact method."""
+  x = expose_features(module, x)
+  x = jnp.mean(x, axis=(1, 2))
+  x = nn.Dropout(dropout, deterministic=not train)(x)
+  return nn.Dense(num_classes, dtype=dtype)(x).astype(jnp.float32)
+
+
+def norm_and_conv(train: bool, momentum: float, dtype: Any) -> tuple[Callable[..., nn.Module],
+                                                                     Callable[..., nn.Module]]:
+  """BatchNorm (batch statistics in training) and bias-free convolution layers."""
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
+                           dtype=dtype)
+  return norm, functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+
+
+# Stems: the ImageNet stem (7x7 convolution, stride 2, then 3x3 max-pool, stride 2), one for
+# small inputs (3x3 convolution, stride 1, no pool), one for large inputs at a small input's
+# cost ("fast": 4x4 convolution on non-overlapping patches, stride 4, then 3x3 max-pool,
+# stride 2), and "auto": the small stem below SMALL_STEM_BELOW pixels, else the ImageNet stem.
+STEMS = ("imagenet", "small", "fast", "auto")
+SMALL_STEM_BELOW = 28  # Why 28: docs/results.md, "Input size and stem".
+
+
+def stem_for(stem: str, input_size: int) -> str:
+  """The stem that `stem` ("auto" included) means for square inputs of `input_size` pixels."""
+  if stem == "auto":
+    return "small" if input_size < SMALL_STEM_BELOW else "imagenet"
+  return stem
+
+
+def stem(x: jnp.ndarray, kind: str, width: int, norm: Callable[..., nn.Module],
+         conv: Callable[..., nn.Module]) -> jnp.ndarray:
+  """The stem `kind` (one of STEMS) with `width` channels: convolution, BatchNorm, ReLU, and
+  max-pooling unless small. Call it inside a compact module: its layers become that module's."""
+  kind = stem_for(kind, x.shape[1])
+  if kind == "small":
+    return nn.relu(norm()(conv(width, (3, 3))(x)))
+  kernel, stride = ((4, 4), 4) if kind == "fast" else ((7, 7), 2)
+  x = nn.relu(norm()(conv(width, kernel, stride)(x)))
+  return pooling.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")

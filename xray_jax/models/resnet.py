@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from xray_jax.models import common, pooling
+from xray_jax.models import common
 
 
 class ResidualBlock(nn.Module):
@@ -48,21 +48,6 @@ class Bottleneck(ResidualBlock):
     return nn.relu(x + y)
 
 
-# Stems: the ImageNet stem (7x7 convolution, stride 2, then 3x3 max-pool, stride 2), one for
-# small inputs (3x3 convolution, stride 1, no pool), one for large inputs at a small input's
-# cost ("fast": 4x4 convolution on non-overlapping patches, stride 4, then 3x3 max-pool,
-# stride 2), and "auto": the small stem below SMALL_STEM_BELOW pixels, else the ImageNet stem.
-STEMS = ("imagenet", "small", "fast", "auto")
-SMALL_STEM_BELOW = 28  # Why 28: docs/results.md, "Input size and stem".
-
-
-def stem_for(stem: str, input_size: int) -> str:
-  """The stem that `stem` ("auto" included) means for square inputs of `input_size` pixels."""
-  if stem == "auto":
-    return "small" if input_size < SMALL_STEM_BELOW else "imagenet"
-  return stem
-
-
 class ResNet(nn.Module):
   """A stem, four stages of residual blocks, global average pooling."""
 
@@ -73,29 +58,18 @@ class ResNet(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   batch_norm_momentum: float = 0.9
-  stem: str = "imagenet"  # One of STEMS. Runs saved before this field used "imagenet".
+  stem: str = "imagenet"  # One of common.STEMS. Runs saved before this field used "imagenet".
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.batch_norm_momentum, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm, conv = common.norm_and_conv(train, self.batch_norm_momentum, self.dtype)
     x = x.astype(self.dtype)
-    stem = stem_for(self.stem, x.shape[1])
-    if stem == "small":
-      x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
-    else:
-      kernel, stride = ((4, 4), 4) if stem == "fast" else ((7, 7), 2)
-      x = nn.relu(norm()(conv(self.width, kernel, stride)(x)))
-      x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = common.stem(x, self.stem, self.width, norm, conv)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         x = self.block(self.width * 2**stage, strides, norm=norm, conv=conv)(x)
-    x = common.expose_features(self, x)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return common.pooled_head(self, x, self.num_classes, self.dropout, train, self.dtype)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
