@@ -5,7 +5,7 @@ import re
 
 import ml_collections
 
-from xray_jax import errors, losses
+from xray_jax import errors, labels, losses, tasks
 from xray_jax.data import dicom, download, eval_sets, image_check, intensity, tfds_builders
 from xray_jax.evaluators import metrics, tta
 from xray_jax.models import resnet
@@ -84,8 +84,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name.startswith("resnet"):
     stem = config.model.get("stem", "imagenet")
     require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
+  task = tasks.get(config)  # Raises ConfigError for an unknown task.
+  require(not (data.balanced_sampling and task.label_is_vector), "data.balanced_sampling",
+           data.balanced_sampling, f"False with config.task={task.name!r} (images have no one "
+           "class to balance; loss.class_weights=balanced weighs each finding's positives)")
   require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
            " or ".join(losses.LOSSES))
+  require(config.loss.uncertain in labels.UNCERTAINTY_POLICIES, "loss.uncertain",
+           config.loss.uncertain, " or ".join(labels.UNCERTAINTY_POLICIES))
   require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
   require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,
