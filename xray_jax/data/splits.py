@@ -15,6 +15,7 @@ from absl import logging
 from xray_jax import errors
 from xray_jax import workdir as workdir_lib
 from xray_jax.data.records import Record
+from xray_jax.labels import Label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,12 @@ def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
   return groups
 
 
+def stratum(label: Label) -> int:
+  """What the validation split is stratified by: the class, or for a vector of findings
+  whether any is present (1) or none (0)."""
+  return label if np.ndim(label) == 0 else int(np.any(np.asarray(label) == 1))
+
+
 def _group_labels(labels: Sequence[int], groups: Sequence[str]) -> dict[str, int]:
   """Each group's most frequent label (the lowest on ties), by which groups are stratified."""
   counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -75,11 +82,12 @@ def stratified_split(
   """Moves whole groups to validation, about `fraction` of each class's images (at least one
   group per class), so that no group has records on both sides.
 
-  Groups are stratified by their most frequent label and visited in a seeded random order;
-  each is taken when it brings the class's validation count closer to its target.
+  Groups are stratified by their most frequent label (`stratum`: with findings, images
+  with any and with none) and visited in a seeded random order; each is taken when it
+  brings the class's validation count closer to its target.
   """
   rng = np.random.default_rng(seed)
-  labels = [r["label"] for r in records]
+  labels = [stratum(r["label"]) for r in records]
   sizes = collections.Counter(groups)
   by_label: dict[int, list[str]] = collections.defaultdict(list)
   for group, label in sorted(_group_labels(labels, groups).items()):
