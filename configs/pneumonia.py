@@ -104,7 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dicom_subdir = "stage_2_train_images"  # Folder of <id>.dcm under data.dir.
   config.data.id_column = "patientId"  # CSV column with the image's file name, less .dcm.
   config.data.label_column = "Target"  # CSV column with the integer label.
-  config.data.class_names = "NORMAL,PNEUMONIA"  # Names of labels 0, 1, ...
+  # Names of labels 0, 1, ... (multilabel: of the findings, in the order of the label vectors).
+  config.data.class_names = "NORMAL,PNEUMONIA"
   # source=npz: MedMNIST-style {train,val,test}_{images,labels} arrays, named by class_names.
   config.data.npz_path = "data/pneumoniamnist.npz"  # A local path, or a URL to download.
   # source=tfds: a builder of xray_jax.data.tfds_builders, prepared once (ArrayRecord files).
@@ -126,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.cache_dir = ""  # Folder for that file (deleted at exit); empty: $TMPDIR or /tmp.
   # Oversample the smaller classes so each fills about the same share of the training batches
   # (an alternative to loss.class_weights=balanced; an epoch still counts the train images).
+  # single_label only.
   config.data.balanced_sampling = False
   # Where the train augmentation runs: host (grain workers, PIL) or device (inside the jitted
   # train step, one bilinear resampling per image; the workers then only read and batch, and
