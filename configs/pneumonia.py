@@ -65,12 +65,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # Seeds parameter init, dropout and the data order.
   # What the model predicts: single_label (one of data.class_names per image, a softmax) or
   # multilabel (each of data.class_names, the findings, present or not: one sigmoid each;
-  # labels are vectors with missing entries, as configs/chestmnist.py reads them).
+  # labels are vectors with missing entries: configs/chestmnist.py, chestxray14.py, chexpert.py).
   config.task = "single_label"
 
   config.data = ml_collections.ConfigDict()
-  # folder: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}, or dicom_csv, npz, tfds (below);
-  # auto: folder when data.dir is given, else tfds (downloaded and prepared on first use).
+  # folder: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm} (with data.label_rules also a
+  # flat ROOT/*.png), or dicom_csv, csv, npz, tfds (below); auto: folder when data.dir is
+  # given, else tfds (downloaded and prepared on first use).
   config.data.source = "auto"
   # ROOT of the folder layout (or of dicom_csv). Empty with source auto or tfds: download.
   config.data.dir = ""
@@ -103,9 +104,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.labels_csv = "stage_2_train_labels.csv"  # Relative to data.dir unless absolute.
   config.data.dicom_subdir = "stage_2_train_images"  # Folder of <id>.dcm under data.dir.
   config.data.id_column = "patientId"  # CSV column with the image's file name, less .dcm.
-  config.data.label_column = "Target"  # CSV column with the integer label.
-  # Names of labels 0, 1, ... (multilabel: of the findings, in the order of the label vectors).
+  # CSV column with the integer label (dicom_csv, csv). Empty for csv with task multilabel.
+  config.data.label_column = "Target"
+  # Names of labels 0, 1, ... (dicom_csv, csv, npz); with task multilabel, the findings in
+  # output order: each a CSV column, or a value of data.findings_column.
   config.data.class_names = "NORMAL,PNEUMONIA"
+  # source=csv: images listed in CSV tables (configs/chestxray14.py, chexpert.py, mimic_cxr.py).
+  # The tables, relative to data.dir unless absolute (a .gz file is read gzipped): FILE, or
+  # FILE,FILE,... joined on data.csv_join_columns, or SPLIT=FILE,... a table per split
+  # (train required; val, test optional).
+  config.data.csv_files = ""
+  config.data.csv_join_columns = ""  # Joined rows match on those of these columns both have.
+  config.data.csv_delimiter = ","  # Field separator; " " reads space-separated lists.
+  config.data.csv_columns = ""  # Empty: the first line names the columns; else their names.
+  config.data.image_root = ""  # Where data.image_path starts, relative to data.dir; ".." too.
+  # Each image's path under data.image_root: a template of the row's columns, {COLUMN}, or
+  # {COLUMN:.N} for its first N characters, e.g. "images/{Image Index}".
+  config.data.image_path = ""
+  # Multi-label from one column listing the findings present (e.g. "Effusion|Infiltration";
+  # any other value, such as "No Finding", sets all absent; blank: all missing). Empty: each
+  # name of data.class_names is a column of 1 (present), 0 (absent), -1 (uncertain), blank
+  # (missing); written 1.0, 0.0, -1.0 too.
+  config.data.findings_column = ""
+  config.data.findings_separator = "|"  # Separates the findings in data.findings_column.
+  # CSV column of the patient id: records carry it, the validation split and the bootstrap
+  # group by it. Empty: data.group_pattern on the image path.
+  config.data.patient_column = ""
+  config.data.view_column = ""  # Keep only the rows whose value here is one of data.views.
+  config.data.views = ""  # Those values, comma separated, e.g. "PA,AP" (no view_column: all).
+  # The split of each row: this column's value (mapped by data.split_values), or which list
+  # of data.split_lists holds the image's file name, or the file (SPLIT=FILE in
+  # data.csv_files); none of them: all train. Validation not given is carved from train.
+  config.data.split_column = ""
+  config.data.split_values = "train=train,val=val,test=test"  # SPLIT=VALUE of split_column.
+  # SPLIT=FILE,...: text files (relative to data.dir) naming one image file a line (its first
+  # field); rows in none are left out.
+  config.data.split_lists = ""
   # source=npz: MedMNIST-style {train,val,test}_{images,labels} arrays, named by class_names.
   config.data.npz_path = "data/pneumoniamnist.npz"  # A local path, or a URL to download.
   # source=tfds: a builder of xray_jax.data.tfds_builders, prepared once (ArrayRecord files).

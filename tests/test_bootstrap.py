@@ -16,10 +16,12 @@ def _binormal(rng, num_pos: int, num_neg: int, separation: float):
   return labels, rng.normal(size=len(labels)) + separation * labels
 
 
-def test_weighted_auc_equals_the_plain_auc_of_the_repeated_images():
+@pytest.mark.parametrize("prevalence", [0.3, 0.7])  # Either class can be the smaller.
+@pytest.mark.parametrize("decimals", [1, 6])  # Many ties, or none.
+def test_weighted_auc_equals_the_plain_auc_of_the_repeated_images(prevalence, decimals):
   rng = np.random.default_rng(0)
-  labels = rng.random(60) < 0.4
-  scores = np.round(rng.random(60), 1)  # Many ties.
+  labels = rng.random(60) < prevalence
+  scores = np.round(rng.random(60), decimals)
   weights = rng.integers(0, 4, size=(5, 60)).astype(float)
   found = bootstrap.weighted_roc_auc(labels, scores, weights)
   for row, auc in zip(weights, found, strict=True):
@@ -27,6 +29,8 @@ def test_weighted_auc_equals_the_plain_auc_of_the_repeated_images():
     assert auc == pytest.approx(roc_auc_score(labels[repeat], scores[repeat]), abs=1e-12)
   unit = bootstrap.weighted_roc_auc(labels, scores, np.ones((1, 60)))[0]
   assert unit == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)
+  only_negatives = np.where(labels, 0.0, 1.0)[None]
+  assert np.isnan(bootstrap.weighted_roc_auc(labels, scores, only_negatives)).all()
 
 
 def test_weights_draw_whole_groups():

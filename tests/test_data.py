@@ -81,6 +81,15 @@ def test_load_image_resizes_to_gray_unit_range(tmp_path):
   np.testing.assert_allclose(image, 1.0)
 
 
+def test_sixteen_bit_png_keeps_its_depth(tmp_path):
+  path = tmp_path / "deep.png"
+  pixels = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+  PIL.Image.fromarray(pixels).save(path)
+  image = images.load_image(str(path), 32)
+  np.testing.assert_allclose(image, pixels / 65535.0, atol=1e-6)
+  assert len(np.unique(image)) > 256  # Not clipped or quantized to 8 bits.
+
+
 @pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 not really a jpeg"])
 def test_corrupt_image_error_names_the_file(tmp_path, content):
   path = tmp_path / "broken.jpeg"

@@ -29,7 +29,7 @@ from xray_jax import (
   trained,
 )
 from xray_jax.data import datasets
-from xray_jax.evaluators import multilabel, tta
+from xray_jax.evaluators import metrics, tta
 
 NAN = np.nan
 LOGITS = np.array([[2.0, -1.0, 0.5], [-0.3, 1.5, -2.0], [0.7, 0.2, 1.0], [-1.2, -0.4, 3.0]],
@@ -169,7 +169,7 @@ def test_summary_macro_micro_and_per_finding():
   probs = np.array([[0.9, 0.2, 0.5], [0.3, 0.8, 0.6], [0.6, 0.1, 0.4], [0.2, 0.7, 0.7],
                     [0.8, 0.4, 0.1]])
   truth = np.array([[1, 0, 1], [0, 1, NAN], [0, -1, 1], [0, 1, 1], [1, NAN, 1]])
-  found = multilabel.summarize(probs, truth, ("Pleural Effusion", "mass", "edema"))
+  found = metrics.summarize_findings(probs, truth, ("Pleural Effusion", "mass", "edema"))
   # Finding 0: positives 0.9, 0.8 above every negative: 1. Finding 1: present rows 0, 1, 3:
   # negatives {0.2}, positives {0.8, 0.7}: 1. Finding 2: all present labels positive: NaN.
   assert found["auc_Pleural_Effusion"] == 1.0 and found["auc_mass"] == 1.0
@@ -343,7 +343,7 @@ def test_training_learns_each_finding(tmp_path):
                                           task=tasks.MULTILABEL)(variables, test_records)
   assert step == 200 and probs.shape == got_labels.shape == (128, 4)
   np.testing.assert_array_equal(got_labels, arrays["test_labels"])
-  aucs = multilabel.finding_aucs(probs, got_labels)
+  aucs = metrics.finding_aucs(probs, got_labels)
   assert min(aucs) > 0.95, dict(zip(FINDINGS, aucs, strict=True))
   for name, auc in zip(FINDINGS, aucs, strict=True):
     assert last[f"test/auc_{name}"] == pytest.approx(auc, abs=1e-6)

@@ -6,7 +6,15 @@ import re
 import ml_collections
 
 from xray_jax import errors, labels, losses, tasks
-from xray_jax.data import dicom, download, eval_sets, image_check, intensity, tfds_builders
+from xray_jax.data import (
+  csv_source,
+  dicom,
+  download,
+  eval_sets,
+  image_check,
+  intensity,
+  tfds_builders,
+)
 from xray_jax.evaluators import metrics, tta
 from xray_jax.models import resnet
 
@@ -38,6 +46,7 @@ def _group_count(pattern: str) -> int:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
+  task = tasks.get(config)  # Raises ConfigError for an unknown task.
   require(bool(data.dir) or data.source not in ("folder", "dicom_csv"), "data.dir", data.dir,
            "the dataset root folder")
   require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
@@ -56,6 +65,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            ", ".join(image_check.MODES))
   require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
            "empty, md5:HEX or sha256:HEX")
+  if data.source == "csv":
+    csv_source.check_csv_config(data, task.name)
   if data.source == "npz":
     require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):
@@ -84,7 +95,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name.startswith("resnet"):
     stem = config.model.get("stem", "imagenet")
     require(stem in resnet.STEMS, "model.stem", stem, ", ".join(resnet.STEMS))
-  task = tasks.get(config)  # Raises ConfigError for an unknown task.
   require(not (data.balanced_sampling and task.label_is_vector), "data.balanced_sampling",
            data.balanced_sampling, f"False with config.task={task.name!r} (images have no one "
            "class to balance; loss.class_weights=balanced weighs each finding's positives)")

@@ -13,7 +13,7 @@ import numpy as np
 from xray_jax import errors, losses
 from xray_jax import labels as labels_lib
 from xray_jax.data.records import Record
-from xray_jax.evaluators import metrics, multilabel
+from xray_jax.evaluators import metrics
 
 
 def argmax_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -76,7 +76,8 @@ class Task:
 SINGLE_LABEL = Task("single_label", jax.nn.softmax, argmax_accuracy, losses.create_loss,
                     _class_summary, _same_label, label_is_vector=False)
 MULTILABEL = Task("multilabel", jax.nn.sigmoid, finding_accuracy, losses.create_multilabel_loss,
-                  multilabel.summarize, labels_lib.apply_uncertainty, label_is_vector=True)
+                  metrics.summarize_findings, labels_lib.apply_uncertainty,
+                  label_is_vector=True)
 TASKS = {task.name: task for task in (SINGLE_LABEL, MULTILABEL)}
 
 

@@ -6,24 +6,28 @@ from collections.abc import Callable
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import dicom_csv, folder, label_rules, npz, splits, tfds_builders
+from xray_jax.data import csv_source, dicom_csv, folder, label_rules, npz, splits, tfds_builders
 from xray_jax.data.splits import Splits
 
 
 def load_folder_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path
 ) -> Splits:
-  """The folder layout, labelled by class folder or by `data.label_rules`; without a val/
-  folder, validation is carved from train (or read back from the split recorded in)
-  `workdir`."""
-  dataset = folder.load_folder_dataset(data_config.dir)
-  class_names, found = dataset.class_names, dict(dataset.splits)
+  """The folder layout, labelled by class folder or by `data.label_rules` (with rules, a
+  folder of images without train/ is all train); without a val/ folder, validation is
+  carved from train (or read back from the split recorded in) `workdir`."""
+  root = pathlib.Path(data_config.dir).expanduser()
+  if data_config.label_rules and not (root / "train").is_dir():
+    class_names, found = (), {"train": folder.flat_records(root)}
+  else:
+    dataset = folder.load_folder_dataset(root)
+    class_names, found = dataset.class_names, dict(dataset.splits)
   if data_config.label_rules:
     rules = label_rules.parse_label_rules(data_config.label_rules)
     class_names = tuple(dict.fromkeys(name for name, _ in rules))
-    found = {split: label_rules.apply_label_rules(records, rules, dataset.root)
+    found = {split: label_rules.apply_label_rules(records, rules, root)
              for split, records in found.items()}
-  return splits.make_splits(class_names, found, dataset.root, data_config, workdir)
+  return splits.make_splits(class_names, found, root, data_config, workdir)
 
 
 def load_auto_splits(
@@ -41,12 +45,13 @@ def load_auto_splits(
 
 
 # Sources that read data.dir: a given one must exist (a typo must not start a download).
-_READ_DATA_DIR = ("folder", "dicom_csv", "auto", "tfds")
+_READ_DATA_DIR = ("folder", "dicom_csv", "csv", "auto", "tfds")
 
 # config.data.source -> loader(data_config, workdir) -> Splits.
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Splits]] = {
     "folder": load_folder_splits,
     "dicom_csv": dicom_csv.load_dicom_csv_splits,
+    "csv": csv_source.load_csv_splits,
     "npz": npz.load_npz_splits,
     "tfds": tfds_builders.load_tfds_splits,
     "auto": load_auto_splits,
@@ -68,13 +73,13 @@ def make_paths_absolute(data_config: ml_collections.ConfigDict) -> None:
 
 def data_location(data_config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source and the config fields that say where its images come from, for reports:
-  data.dir for folders (and dicom_csv, with its labels CSV), data.npz_path for npz, the
-  TFDS dataset name otherwise."""
+  data.dir for folders (and dicom_csv and csv, with their CSV files), data.npz_path for npz,
+  the TFDS dataset name otherwise."""
   source = data_config.source
   if source == "auto":
     source = "folder" if data_config.dir else "tfds"
-  where = {"folder": ("dir",), "dicom_csv": ("dir", "labels_csv"), "npz": ("npz_path",),
-           "tfds": ("tfds_name", "tfds_data_dir")}[source]
+  where = {"folder": ("dir",), "dicom_csv": ("dir", "labels_csv"), "csv": ("dir", "csv_files"),
+           "npz": ("npz_path",), "tfds": ("tfds_name", "tfds_data_dir")}[source]
   return {"source": source, **{key: data_config[key] for key in where if data_config[key]}}
 
 

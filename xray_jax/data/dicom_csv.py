@@ -6,13 +6,12 @@ data.group_pattern finds a patient id in <id>.dcm, each image is its own group i
 patient-level validation split.
 """
 
-import csv
 import pathlib
 
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import label_rules, splits
+from xray_jax.data import csv_tables, label_rules, splits
 from xray_jax.data.records import Record
 
 
@@ -21,24 +20,17 @@ def _read_labels(path: pathlib.Path, id_column: str, label_column: str,
   """Patient id -> label (the highest of its rows) from the CSV at `path`."""
   if not path.is_file():
     raise errors.DataError(f"{path}: labels CSV not found (config.data.labels_csv)")
+  table = csv_tables.read_table(path)
+  csv_tables.require_columns(table, (id_column, label_column))
   labels = {}
-  with path.open(newline="") as f:
-    reader = csv.DictReader(f)
-    for column in (id_column, label_column):
-      if column not in (reader.fieldnames or []):
-        raise errors.DataError(
-            f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
-    for row in reader:
-      patient, value = row[id_column], row[label_column]
-      try:
-        label = int(value)
-      except (TypeError, ValueError):
-        label = -1
-      if not 0 <= label < num_classes:
-        raise errors.DataError(
-            f"{path}, line {reader.line_num}: {label_column}={value!r} for id {patient!r}; "
-            f"expected an integer in [0, {num_classes})")
-      labels[patient] = max(label, labels.get(patient, label))
+  for line, row in table.rows:
+    patient, value = row[id_column], row[label_column]
+    label = label_rules.class_index(value, num_classes)
+    if label is None:
+      raise errors.DataError(
+          f"{path}, line {line}: {label_column}={value!r} for id {patient!r}; "
+          f"expected an integer in [0, {num_classes})")
+    labels[patient] = max(label, labels.get(patient, label))
   if not labels:
     raise errors.DataError(f"{path}: no rows")
   return labels

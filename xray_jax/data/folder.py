@@ -1,4 +1,5 @@
-"""The public folder layout: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}."""
+"""The public folder layout: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm}, or a flat
+folder of images for data.label_rules to label."""
 
 import dataclasses
 import pathlib
@@ -7,7 +8,6 @@ from xray_jax import errors
 from xray_jax.data.records import Record
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm")
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,15 @@ def class_folder_records(split_dir: pathlib.Path, class_names: tuple[str, ...]) 
           f"{class_dir}: no images (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
     records.extend({"path": str(p), "label": label} for p in paths)
   return records
+
+
+def flat_records(root: pathlib.Path) -> list[Record]:
+  """The images directly in `root`, unlabelled (data.label_rules labels them)."""
+  paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  if not paths:
+    raise errors.DataError(f"{root}: no train/ folder and no images (files ending in "
+                           f"{', '.join(IMAGE_SUFFIXES)}) in it")
+  return [{"path": str(p)} for p in paths]
 
 
 def load_folder_dataset(root: str | pathlib.Path) -> FolderDataset:

@@ -8,6 +8,9 @@ import PIL.Image
 from xray_jax import errors
 from xray_jax.data import dicom
 
+# Pillow's modes of 16-bit gray files.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
 
 def load_image(path: str, size: int, dicom_multiframe: str = "first") -> np.ndarray:
   """Returns the image at `path` as gray float32 [size, size] in [0, 1]."""
@@ -15,17 +18,21 @@ def load_image(path: str, size: int, dicom_multiframe: str = "first") -> np.ndar
 
 
 def decode_file(path: str, dicom_multiframe: str = "first") -> PIL.Image.Image:
-  """The image at `path` as a gray picture: mode L (0..255), or F (0..1) for DICOM.
+  """The image at `path` as a gray picture: mode L (0..255), or F (0..1) for DICOM and
+  16-bit files.
 
-  Colour files are converted to luminance: X-rays are gray. `.dcm` files are read with
-  dicom.read_dicom(path, dicom_multiframe). Files are always decoded at full
-  size (no reduced-scale JPEG decoding), so an array of the same pixels preprocesses
-  identically.
+  Colour files are converted to luminance: X-rays are gray. 16-bit gray files (PNG, TIFF)
+  keep their depth, scaled by 65535 (Pillow's conversion to L would clip them at 255).
+  `.dcm` files are read with dicom.read_dicom(path, dicom_multiframe). Files are always
+  decoded at full size (no reduced-scale JPEG decoding), so an array of the same pixels
+  preprocesses identically.
   """
   if pathlib.Path(path).suffix.lower() == ".dcm":
     return PIL.Image.fromarray(dicom.read_dicom(path, dicom_multiframe))
   try:
     with PIL.Image.open(path) as image:
+      if image.mode in SIXTEEN_BIT_MODES:
+        return PIL.Image.fromarray(np.asarray(image, np.float32) / 65535.0)
       return image.convert("L")
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise errors.DataError(f"{path}: cannot read image: {e}") from e

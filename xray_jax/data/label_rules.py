@@ -46,3 +46,12 @@ def apply_label_rules(
           f"({', '.join(f'{n}={p}' for n, p in rules)})")
     relabelled.append({**record, "label": names.index(match)})
   return relabelled
+
+
+def class_index(text: str, num_classes: int) -> int | None:
+  """`text` as a label, an integer in [0, num_classes); None when it is not one."""
+  try:
+    label = int(text)
+  except ValueError:
+    return None
+  return label if 0 <= label < num_classes else None

@@ -15,7 +15,6 @@ from absl import logging
 from xray_jax import errors
 from xray_jax import workdir as workdir_lib
 from xray_jax.data.records import Record
-from xray_jax.labels import Label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +61,17 @@ def patient_groups(names: Sequence[str], pattern: str) -> list[str]:
   return groups
 
 
-def stratum(label: Label) -> int:
-  """What the validation split is stratified by: the class, or for a vector of findings
-  whether any is present (1) or none (0)."""
-  return label if np.ndim(label) == 0 else int(np.any(np.asarray(label) == 1))
+def record_patients(records: Sequence[Record]) -> list[str] | None:
+  """The "patient" of each record, where the source gave every record one; else None."""
+  if records and all("patient" in r for r in records):
+    return [r["patient"] for r in records]
+  return None
+
+
+def _stratum(label) -> int:
+  """The class a record is stratified by: its label, or for a multi-label vector whether
+  any finding is present (1; uncertain -1 and missing NaN count as absent)."""
+  return int(np.any(np.asarray(label) == 1)) if np.ndim(label) else label
 
 
 def _group_labels(labels: Sequence[int], groups: Sequence[str]) -> dict[str, int]:
@@ -82,12 +88,12 @@ def stratified_split(
   """Moves whole groups to validation, about `fraction` of each class's images (at least one
   group per class), so that no group has records on both sides.
 
-  Groups are stratified by their most frequent label (`stratum`: with findings, images
-  with any and with none) and visited in a seeded random order; each is taken when it
-  brings the class's validation count closer to its target.
+  Groups are stratified by their most frequent label (multi-label: finding present or not)
+  and visited in a seeded random order; each is taken when it brings the class's validation
+  count closer to its target.
   """
   rng = np.random.default_rng(seed)
-  labels = [stratum(r["label"]) for r in records]
+  labels = [_stratum(r["label"]) for r in records]
   sizes = collections.Counter(groups)
   by_label: dict[int, list[str]] = collections.defaultdict(list)
   for group, label in sorted(_group_labels(labels, groups).items()):
@@ -121,7 +127,7 @@ def split_train_val(
   names = [_relative(r, root) for r in records]
   if path.exists():
     saved_file = json.loads(path.read_text())
-    if "group_pattern" not in saved_file:
+    if not {"group_pattern", "patient_column"} & saved_file.keys():
       logging.warning("%s was made per image, before patient grouping: patients may be on "
                       "both sides of it", path)
     saved = set(saved_file["val"])
@@ -132,14 +138,19 @@ def split_train_val(
     return ([r for r, v in zip(records, is_val, strict=True) if not v],
             [r for r, v in zip(records, is_val, strict=True) if v], None)
   fraction, seed = data_config.val_fraction, data_config.split_seed
-  groups = patient_groups(names, data_config.group_pattern)
+  groups = record_patients(records)
+  if groups is not None:
+    grouped_by = {"patient_column": data_config.get("patient_column", "")}
+  else:
+    groups = patient_groups(names, data_config.group_pattern)
+    grouped_by = {"group_pattern": data_config.group_pattern}
   train, val = stratified_split(records, groups, fraction, seed)
   val_names = {_relative(r, root) for r in val}
   val_groups = sorted({g for g, name in zip(groups, names, strict=True) if name in val_names})
   logging.info("validation split: %d of %d groups (patients), %d of %d images",
                len(val_groups), len(set(groups)), len(val), len(records))
-  record = {"val_fraction": fraction, "split_seed": seed,
-            "group_pattern": data_config.group_pattern, "num_groups": len(set(groups)),
+  record = {"val_fraction": fraction, "split_seed": seed, **grouped_by,
+            "num_groups": len(set(groups)),
             "val_groups": val_groups, "val": sorted(val_names)}
   return train, val, record
 
@@ -159,8 +170,9 @@ def make_splits(
     data_config: ml_collections.ConfigDict, workdir: pathlib.Path,
 ) -> Splits:
   """Splits from those a source holds (train required; val, test optional). Without val,
-  validation is carved from train by patient (`data.group_pattern` on the record path
-  relative to `root`, `data.val_fraction`, `data.split_seed`), or read back from `workdir`."""
+  validation is carved from train by patient (the records' "patient" where they all have
+  one, else `data.group_pattern` on the record path relative to `root`; `data.val_fraction`,
+  `data.split_seed`), or read back from `workdir`."""
   train, val, new_split = found["train"], found.get("val"), None
   if val is None:
     train, val, new_split = split_train_val(train, root, data_config, workdir)

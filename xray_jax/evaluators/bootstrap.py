@@ -25,35 +25,54 @@ def resample_weights(groups: Sequence[str], num_resamples: int,
   return counts[:, index].astype(np.float64)
 
 
+def _weighted_wins(winners: np.ndarray, losers: np.ndarray, scores: np.ndarray,
+                   weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per row of `weights` [B, N]: the weight of (winner, loser) pairs (indices into scores)
+  where the winner scores higher, ties counting half; and that of all pairs."""
+  losers = losers[np.argsort(scores[losers], kind="mergesort")]
+  # Per winner, how many losers score below it, and below or level with it.
+  below = np.searchsorted(scores[losers], scores[winners], side="left")
+  level_or_below = np.searchsorted(scores[losers], scores[winners], side="right")
+  loser_weight_below = np.zeros((len(weights), len(losers) + 1))
+  np.cumsum(weights[:, losers], axis=1, out=loser_weight_below[:, 1:])
+  winner_weights = weights[:, winners]
+  wins = np.einsum("bi,bi->b", winner_weights, loser_weight_below[:, below])
+  if np.any(level_or_below != below):
+    wins += np.einsum("bi,bi->b", winner_weights, loser_weight_below[:, level_or_below])
+    wins /= 2
+  return wins, winner_weights.sum(axis=1) * loser_weight_below[:, -1]
+
+
 def weighted_roc_auc(is_positive: np.ndarray, scores: np.ndarray,
                      weights: np.ndarray) -> np.ndarray:
   """ROC AUC (ties count half) of each row of `weights` [B, N] over the same images: NaN
   where a row weighs no positive or no negative."""
-  order = np.argsort(scores, kind="mergesort")
-  sorted_scores = scores[order]
-  starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-  positive = is_positive[order]
-  w = weights[:, order]
-  pos_by_run = np.add.reduceat(w * positive, starts, axis=1)
-  neg_by_run = np.add.reduceat(w * ~positive, starts, axis=1)
-  neg_below = np.cumsum(neg_by_run, axis=1) - neg_by_run
-  wins = np.sum(pos_by_run * (neg_below + 0.5 * neg_by_run), axis=1)
-  total = pos_by_run.sum(axis=1) * neg_by_run.sum(axis=1)
+  is_positive, scores = np.asarray(is_positive, bool), np.asarray(scores)
+  positives, negatives = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
+  # The cumulative sum over the losers costs most per image: run it over the smaller class.
+  if len(positives) < len(negatives):
+    losses, total = _weighted_wins(negatives, positives, scores, weights)
+    wins = total - losses
+  else:
+    wins, total = _weighted_wins(positives, negatives, scores, weights)
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(total > 0, wins / np.where(total > 0, total, 1), np.nan)
 
 
-def _figures(is_positive: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray,
-             weights: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_figures(is_positive: np.ndarray, scores: np.ndarray,
+                      threshold: float | np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
   """Each figure of FIGURES under each row of `weights` [B, N]."""
   called = scores >= threshold
-  correct = called == is_positive
+  # Every weighted count in one pass over the weights.
+  correct, true_pos, pos, true_neg, neg = (weights @ np.stack(
+      [called == is_positive, called & is_positive, is_positive, ~called & ~is_positive,
+       ~is_positive], axis=1).astype(np.float64)).T
   with np.errstate(invalid="ignore", divide="ignore"):
     return {
         "roc_auc": weighted_roc_auc(is_positive, scores, weights),
-        "accuracy": weights @ correct / weights.sum(axis=1),
-        "sensitivity": weights @ (called & is_positive) / (weights @ is_positive),
-        "specificity": weights @ (~called & ~is_positive) / (weights @ ~is_positive),
+        "accuracy": correct / (pos + neg),
+        "sensitivity": true_pos / pos,
+        "specificity": true_neg / neg,
     }
 
 
@@ -65,12 +84,22 @@ def _chunks(groups: Sequence[str], num_resamples: int, seed: int):
     yield weights[start:start + _CHUNK]
 
 
-def _interval(values: np.ndarray, level: float) -> list[float | None]:
+def percentile_interval(values: np.ndarray, level: float) -> list[float | None]:
+  """[low, high] holding the central `level` of the finite values; [None, None] if none."""
   values = values[np.isfinite(values)]
   if not len(values):
     return [None, None]
   tail = 100 * (1 - level) / 2
   return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+
+def format_figure(name: str, value: float | None, interval: list[float | None] | None) -> str:
+  """`name 0.8284`, with ` (0.7800-0.8700)` where an interval is known; `name n/a` for None."""
+  if value is None:
+    return f"{name} n/a"
+  if interval is None or None in interval:
+    return f"{name} {value:.4f}"
+  return f"{name} {value:.4f} ({interval[0]:.4f}-{interval[1]:.4f})"
 
 
 def unit(groups: Sequence[str]) -> str:
@@ -88,9 +117,10 @@ def confidence_intervals(
   is_positive, scores = np.asarray(is_positive, bool), np.asarray(scores, np.float64)
   found = {name: [] for name in FIGURES}
   for weights in _chunks(groups, num_resamples, seed):
-    for name, values in _figures(is_positive, scores, threshold, weights).items():
+    for name, values in resampled_figures(is_positive, scores, threshold, weights).items():
       found[name].append(values)
-  return {name: _interval(np.concatenate(values), level) for name, values in found.items()}
+  return {name: percentile_interval(np.concatenate(values), level)
+          for name, values in found.items()}
 
 
 def paired_difference(
@@ -103,19 +133,19 @@ def paired_difference(
   is_positive = np.asarray(is_positive, bool)
   scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
   full = np.ones((1, len(is_positive)))
-  point_a = _figures(is_positive, scores_a, thresholds[0], full)
-  point_b = _figures(is_positive, scores_b, thresholds[1], full)
+  point_a = resampled_figures(is_positive, scores_a, thresholds[0], full)
+  point_b = resampled_figures(is_positive, scores_b, thresholds[1], full)
   found = {name: [] for name in FIGURES}
   for weights in _chunks(groups, num_resamples, seed):
-    a = _figures(is_positive, scores_a, thresholds[0], weights)
-    b = _figures(is_positive, scores_b, thresholds[1], weights)
+    a = resampled_figures(is_positive, scores_a, thresholds[0], weights)
+    b = resampled_figures(is_positive, scores_b, thresholds[1], weights)
     for name in FIGURES:
       found[name].append(a[name] - b[name])
   result = {}
   for name, chunks in found.items():
     differences = np.concatenate(chunks)
     differences = differences[np.isfinite(differences)]
-    low, high = _interval(differences, level)
+    low, high = percentile_interval(differences, level)
     p_value = (min(1.0, 2 * min(np.mean(differences <= 0), np.mean(differences >= 0)))
                if len(differences) else None)
     result[name] = {"a": float(point_a[name][0]), "b": float(point_b[name][0]),

@@ -82,15 +82,6 @@ def _write_figures(prefix: pathlib.Path, probs, labels, class_names, report, bin
   plots.plot_reliability(probs, labels, f"{prefix}_reliability.png", title, bins)
 
 
-def _figure(name: str, value: float | None, interval: list[float | None] | None) -> str:
-  """`name 0.8284`, with ` (0.7800-0.8700)` where an interval is known."""
-  if value is None:
-    return f"{name} n/a"
-  if interval is None or None in interval:
-    return f"{name} {value:.4f}"
-  return f"{name} {value:.4f} ({interval[0]:.4f}-{interval[1]:.4f})"
-
-
 def _log_summary(split: str, step: int, report: dict) -> None:
   """One log line for the figures at 0.5, one for the operating point where it differs and
   one for the cross-fitted operating point on the split it is chosen on; binary figures with
@@ -108,12 +99,13 @@ def _log_summary(split: str, step: int, report: dict) -> None:
     block = report[key]
     positive = block.get("positive_class") or block["macro"]
     intervals = report.get("intervals", {}).get(key, {})
-    figures = [_figure("accuracy", block["accuracy"], intervals.get("accuracy")),
-               _figure("sensitivity", positive["recall"], intervals.get("sensitivity")),
-               _figure("specificity", positive["specificity"], intervals.get("specificity")),
-               _figure("precision", positive["precision"], None),
-               _figure("F1", positive["f1"], None),
-               _figure("ROC AUC", positive["roc_auc"], intervals.get("roc_auc"))]
+    shown = (("accuracy", block["accuracy"], "accuracy"),
+             ("sensitivity", positive["recall"], "sensitivity"),
+             ("specificity", positive["specificity"], "specificity"),
+             ("precision", positive["precision"], None), ("F1", positive["f1"], None),
+             ("ROC AUC", positive["roc_auc"], "roc_auc"))
+    figures = [bootstrap.format_figure(label, value, intervals.get(figure))
+               for label, value, figure in shown]
     logging.info("%s step %d %s: %s, n=%d", split, step, name, ", ".join(figures),
                  block["num_examples"])
   if "intervals" in report:
@@ -124,9 +116,10 @@ def _log_summary(split: str, step: int, report: dict) -> None:
 
 
 def record_groups(records: Sequence[Record], data_config: ml_collections.ConfigDict) -> list[str]:
-  """The patient of each record by `data.group_pattern` (else each image is its own)."""
-  return splits.match_groups([str(r["path"]) for r in records],
-                             data_config.get("group_pattern") or "(?!)")[0]
+  """The patient of each record: its "patient" where the source gives one, else by
+  `data.group_pattern` (else each image is its own)."""
+  return splits.record_patients(records) or splits.match_groups(
+      [str(r["path"]) for r in records], data_config.get("group_pattern") or "(?!)")[0]
 
 
 def _intervals(groups: Sequence[str], probs: np.ndarray, labels: np.ndarray,

@@ -38,21 +38,53 @@ def _unit_square(axes: Axes, xlabel: str, ylabel: str, title: str) -> None:
   axes.grid(alpha=0.3)
 
 
-def plot_roc(is_positive: np.ndarray, scores: np.ndarray, path: PathLike,
-             title: str = "ROC curve", interval: str = "") -> pathlib.Path:
-  """One-vs-rest ROC curve with its AUC (and `interval`, e.g. "95% CI 0.93-0.97") and the
-  chance diagonal."""
+def _draw_roc(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, title: str,
+              interval: str = "", **legend_kw) -> None:
+  """A ROC curve with its AUC (and `interval`) in the legend and the chance diagonal."""
   fpr, tpr, _ = metrics.roc_curve(is_positive, scores)
   auc = metrics.roc_auc(is_positive, scores)
-  # Single-class data has no curve; still write the figure so a per-class loop never fails.
+  # Single-class data has no curve; still draw the axes so a per-class loop never fails.
   label = "AUC undefined (one class)" if np.isnan(auc) else f"AUC = {auc:.3f}"
   label += f" ({interval})" if interval and not np.isnan(auc) else ""
-  figure, axes = _new_figure()
   axes.plot(fpr, tpr, color="tab:blue", lw=2, label=label)
   axes.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="Chance")
   _unit_square(axes, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
                title)
-  axes.legend(loc="lower right")
+  axes.legend(loc="lower right", **legend_kw)
+
+
+def plot_roc(is_positive: np.ndarray, scores: np.ndarray, path: PathLike,
+             title: str = "ROC curve", interval: str = "") -> pathlib.Path:
+  """One-vs-rest ROC curve with its AUC (and `interval`, e.g. "95% CI 0.93-0.97") and the
+  chance diagonal."""
+  figure, axes = _new_figure()
+  _draw_roc(axes, is_positive, scores, title, interval)
+  return _save(figure, path)
+
+
+def plot_roc_panels(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: PathLike,
+                    title: str = "ROC curves", intervals: dict[str, str] | None = None,
+                    operating_points: dict[str, tuple[float, float]] | None = None,
+                    ) -> pathlib.Path:
+  """One small ROC panel per curve (name -> (is_positive, scores)), its AUC and interval text
+  in the legend and, where given, its operating point (false positive rate, sensitivity)."""
+  if not curves:
+    raise ValueError("plot_roc_panels needs at least one curve.")
+  columns = min(len(curves), 4)
+  rows = -(-len(curves) // columns)
+  figure = Figure(figsize=(3.2 * columns, 3.4 * rows), dpi=100, layout="constrained")
+  FigureCanvasAgg(figure)
+  panels = figure.subplots(rows, columns, squeeze=False).ravel()
+  for axes, (name, (is_positive, scores)) in zip(panels, curves.items(), strict=False):
+    if operating_points and name in operating_points:
+      axes.plot(*operating_points[name], "o", color="tab:red", ms=5, zorder=3,
+                label="Operating point")
+    _draw_roc(axes, is_positive, scores, name, (intervals or {}).get(name, ""), fontsize=7)
+    axes.xaxis.label.set_size(8)
+    axes.yaxis.label.set_size(8)
+  for axes in panels[len(curves):]:
+    axes.set_axis_off()
+  figure.suptitle(title)
   return _save(figure, path)
 
 
