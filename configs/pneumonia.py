@@ -78,7 +78,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False, model="cnn", res=224)
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seeds parameter init, dropout and the data order.
-  config.task = "single_label"  # single_label or multilabel
+  # What the model predicts: single_label (one of data.class_names per image, a softmax) or
+  # multilabel (each of data.class_names, the findings, present or not: one sigmoid each;
+  # labels are vectors with missing entries: configs/chestmnist.py, chestxray14.py, chexpert.py).
+  config.task = "single_label"
 
   config.data = ml_collections.ConfigDict()
   # folder: ROOT/{train,val,test}/{CLASS}/*.{jpeg,jpg,png,dcm} (with data.label_rules also a
@@ -173,6 +176,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.cache_dir = ""  # Folder for that file (deleted at exit); empty: $TMPDIR or /tmp.
   # Oversample the smaller classes so each fills about the same share of the training batches
   # (an alternative to loss.class_weights=balanced; an epoch still counts the train images).
+  # single_label only.
   config.data.balanced_sampling = False
   # Where the train augmentation runs: host (grain workers, PIL) or device (inside the jitted
   # train step, one bilinear resampling per image; the workers then only read and batch, and
@@ -225,8 +229,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "cross_entropy"  # One of the losses in xray_jax/losses.py's LOSSES.
   config.loss.focal_gamma = 2.0  # focal: each class term of cross-entropy times (1 - p)^gamma.
-  config.loss.label_smoothing = 0.0  # The target is (1 - s) * one_hot + s / classes.
-  config.loss.class_weights = "none"  # none, balanced (inverse frequency) or "w0,w1,...".
+  # The target is (1 - s) * one_hot + s / classes (multilabel: (1 - s) * label + s / 2).
+  config.loss.label_smoothing = 0.0
+  # none, balanced (inverse frequency) or "w0,w1,...". Multilabel: a weight on each
+  # finding's positive labels; balanced is n_negative / n_positive of the training labels.
+  config.loss.class_weights = "none"
+  # Multilabel: a training label of -1 (uncertain, as CheXpert marks them) counts as
+  # ignore (missing: no loss), negative or positive. Evaluation always ignores them.
+  config.loss.uncertain = "ignore"
   # Mixup: each training image blended with another, weight ~ Beta(a, a), and so is its
   # loss; e.g. 0.2. 0 disables.
   config.loss.mixup_alpha = 0.0

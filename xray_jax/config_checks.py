@@ -5,7 +5,7 @@ import re
 
 import ml_collections
 
-from xray_jax import config_args, errors, losses
+from xray_jax import config_args, errors, labels, losses, tasks
 from xray_jax.data import (
   csv_source,
   dicom,
@@ -46,6 +46,7 @@ def _group_count(pattern: str) -> int:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value that cannot work."""
   data, aug, training = config.data, config.data.augment, config.training
+  task = tasks.get(config)  # Raises ConfigError for an unknown task.
   require(bool(data.dir) or data.source not in ("folder", "dicom_csv"), "data.dir", data.dir,
            "the dataset root folder")
   require(data.image_size >= 8, "data.image_size", data.image_size, "an integer >= 8")
@@ -65,7 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
            "empty, md5:HEX or sha256:HEX")
   if data.source == "csv":
-    csv_source.check_csv_config(data, config.get("task", "single_label"))
+    csv_source.check_csv_config(data, task.name)
   if data.source == "npz":
     require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):
@@ -101,8 +102,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     block_sizes = tuple(config.model.block_sizes)
     require(bool(block_sizes) and min(block_sizes) > 0, "model.block_sizes", block_sizes,
             "one or more positive layer counts, e.g. 6,12,24,16")
+  require(not (data.balanced_sampling and task.label_is_vector), "data.balanced_sampling",
+           data.balanced_sampling, f"False with config.task={task.name!r} (images have no one "
+           "class to balance; loss.class_weights=balanced weighs each finding's positives)")
   require(config.loss.name in losses.LOSSES, "loss.name", config.loss.name,
            " or ".join(losses.LOSSES))
+  require(config.loss.uncertain in labels.UNCERTAINTY_POLICIES, "loss.uncertain",
+           config.loss.uncertain, " or ".join(labels.UNCERTAINTY_POLICIES))
   require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "a value in [0, 1)")
   require(config.loss.mixup_alpha >= 0, "loss.mixup_alpha", config.loss.mixup_alpha,

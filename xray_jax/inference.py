@@ -13,10 +13,10 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from xray_jax import input_pipeline, sharding
+from xray_jax import input_pipeline, sharding, tasks
 from xray_jax.data import shifts
 from xray_jax.data.records import Record
-from xray_jax.evaluators import metrics, tta
+from xray_jax.evaluators import tta
 
 # (variables, batch {"image": [B, S, S, C], ...}) -> a pytree of per-example arrays [B, ...].
 BatchFunction = Callable[[dict[str, Any], dict[str, jax.Array]], Any]
@@ -55,17 +55,19 @@ def map_batches(function: BatchFunction, variables: dict[str, Any],
 
 
 class Predictor:
-  """Class probabilities of a model for any records, averaged over test-time `views`, in
-  batches of `global_batch_size` over the mesh, preprocessed by `data_config`."""
+  """Probabilities of a model's `task` (softmax over classes, or sigmoid per finding) for
+  any records, averaged over test-time `views`, in batches of `global_batch_size` over the
+  mesh, preprocessed by `data_config`."""
 
   def __init__(self, model: nn.Module, data_config: ml_collections.ConfigDict,
-               global_batch_size: int, mesh: jax.sharding.Mesh, views: tuple[str, ...] = ()):
+               global_batch_size: int, mesh: jax.sharding.Mesh, views: tuple[str, ...] = (),
+               task: tasks.Task = tasks.SINGLE_LABEL):
     self.data_config = data_config
     self.global_batch_size = global_batch_size
     self.mesh = mesh
     self._probabilities = jit_batch_function(
-        lambda variables, batch: tta.probabilities(model, variables, batch["image"], views),
-        mesh)
+        lambda variables, batch: tta.probabilities(model, variables, batch["image"], views,
+                                                   task), mesh)
 
   def batches(self, records: Sequence[Record], shift: shifts.Shift | None = None,
               ) -> Iterable[dict[str, np.ndarray]]:
@@ -79,27 +81,30 @@ class Predictor:
 
   def __call__(self, variables: dict[str, Any], records: Sequence[Record],
                shift: shifts.Shift | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, classes], labels [N]) for `records`, in order, with the images
-    under an acquisition `shift` if given."""
+    """(probabilities [N, classes], labels [N], or [N, findings] for multilabel) for
+    `records`, in order, with the images under an acquisition `shift` if given."""
     result = map_batches(self._probabilities, variables, self.batches(records, shift), self.mesh,
                          self.num_batches(records))
     return result["output"], result["label"]
 
 
 class Evaluator:
-  """Validation inside the training loop: a Predictor on fixed records, and its metrics."""
+  """Validation inside the training loop: a Predictor on fixed records, and the metrics of
+  its `task` (per finding of `class_names` too, for multilabel)."""
 
   def __init__(self, model: nn.Module, records: Sequence[Record],
                data_config: ml_collections.ConfigDict, global_batch_size: int,
-               mesh: jax.sharding.Mesh, views: tuple[str, ...] = ()):
+               mesh: jax.sharding.Mesh, views: tuple[str, ...] = (),
+               task: tasks.Task = tasks.SINGLE_LABEL, class_names: Sequence[str] = ()):
     self._records = records
-    self._predictor = Predictor(model, data_config, global_batch_size, mesh, views)
+    self._task, self._class_names = task, class_names
+    self._predictor = Predictor(model, data_config, global_batch_size, mesh, views, task)
 
   def predict(self, variables: dict[str, Any], shift: shifts.Shift | None = None,
               ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, classes], labels [N]) for the records, in order."""
+    """(probabilities, labels) for the records, in order (`Predictor.__call__`)."""
     return self._predictor(variables, self._records, shift)
 
   def evaluate(self, variables: dict[str, Any]) -> dict[str, float]:
-    """Accuracy, loss and ROC AUC of model variables on the records."""
-    return metrics.summarize(*self.predict(variables))
+    """Accuracy, loss and ROC AUC of model variables on the records (`Task.summarize`)."""
+    return self._task.summarize(*self.predict(variables), self._class_names)

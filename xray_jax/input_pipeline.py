@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 
+from xray_jax import labels
 from xray_jax.data import augment, device_augment, image_cache, images, intensity, shifts, workers
 from xray_jax.data.records import Record
 
@@ -43,12 +44,13 @@ class Preprocess:
   def __call__(self, record: Record, augment_config=None, rng=None) -> dict[str, np.ndarray]:
     return self.finish(self.load(record), record["label"], augment_config, rng)
 
-  def finish(self, image: np.ndarray, label: int, augment_config=None,
+  def finish(self, image: np.ndarray, label: labels.Label, augment_config=None,
              rng=None) -> dict[str, np.ndarray]:
-    """A loaded image (see `load`), augmented if `augment_config` is given, normalized."""
+    """A loaded image (see `load`), augmented if `augment_config` is given, normalized, and
+    its label (`labels.batch_label`)."""
     if augment_config is not None:
       image = augment.augment_image(image, augment_config, rng)
-    return {"image": self.normalize(image), "label": np.int32(label)}
+    return {"image": self.normalize(image), "label": labels.batch_label(label)}
 
   def load(self, record: Record) -> np.ndarray:
     """The record's gray image as float32 [image_size, image_size] in [0, 1], standardized;
@@ -83,7 +85,7 @@ class _Loaded:
   cache: image_cache.ImageCache | None
   num_records: int  # grain passes epoch * num_records + the record's position.
 
-  def __call__(self, index: int, record: Record) -> tuple[np.ndarray, int]:
+  def __call__(self, index: int, record: Record) -> tuple[np.ndarray, labels.Label]:
     if self.cache is None:
       return self.preprocess.load(record), record["label"]
     return self.cache[index % self.num_records].astype(np.float32), record["label"]
@@ -96,7 +98,7 @@ class _Augmented:
   preprocess: Preprocess
   augment_config: ml_collections.ConfigDict | None
 
-  def __call__(self, loaded: tuple[np.ndarray, int],
+  def __call__(self, loaded: tuple[np.ndarray, labels.Label],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
     return self.preprocess.finish(*loaded, self.augment_config, rng)
 
@@ -110,7 +112,7 @@ class _Views:
   augment_config: ml_collections.ConfigDict
   count: int
 
-  def __call__(self, loaded: tuple[np.ndarray, int],
+  def __call__(self, loaded: tuple[np.ndarray, labels.Label],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
     image, label = loaded
     return {"views": np.stack([self.preprocess.finish(image, label, self.augment_config, rng)
@@ -146,8 +148,8 @@ def _to_iter_dataset(ds: grain.MapDataset, data_config) -> grain.IterDataset:
 
 
 def class_balanced(records: Sequence[Record], seed: int) -> list[Record]:
-  """`records` with each class repeated up to the largest class's count: whole copies, then
-  a seeded random choice of distinct records for the remainder."""
+  """`records` (class-index labels) with each class repeated up to the largest class's
+  count: whole copies, then a seeded random choice of distinct records for the remainder."""
   rng = np.random.default_rng(seed)
   by_label: dict[int, list[Record]] = {}
   for record in records:

@@ -32,12 +32,14 @@ from xray_jax import (
   optimizers,
   preemption,
   sharding,
+  tasks,
 )
 from xray_jax import progress as training_progress
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, device_augment, eval_sets, image_check
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> augmented images.
+Metric = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, labels) -> a batch figure.
 
 
 class TrainState(train_state.TrainState):
@@ -69,15 +71,18 @@ def create_train_state(
 
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], *, schedule: optax.Schedule,
-    loss: losses.LossFn, augment: Augment | None = None, mixup_alpha: float = 0.0,
-    ema_decay: float = 0.0,
+    loss: losses.LossFn, accuracy: Metric = tasks.argmax_accuracy,
+    augment: Augment | None = None, mixup_alpha: float = 0.0, ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and batch metrics.
 
-  `loss` (logits, labels) -> the mean loss to minimize. `augment` (images, key) -> images,
-  if given, augments the batch first, with a key of this step. With `mixup_alpha` > 0, each
-  image is blended with its mirror in the batch (the last with the first, ...) by one weight
-  drawn from Beta(alpha, alpha), and so is the loss: the same mix of the two labels' losses.
+  `loss` (logits, labels) -> the mean loss to minimize; `accuracy` (logits, labels) -> the
+  batch accuracy to report (the task's, `tasks.Task.accuracy`). `augment` (images, key) ->
+  images, if given, augments the batch first, with a key of this step. With `mixup_alpha` >
+  0, each image is blended with its mirror in the batch (the last with the first, ...) by one
+  weight drawn from Beta(alpha, alpha), and so is the loss: the same mix of the two labels'
+  losses (for binary cross-entropy, linear in its targets, the same as mixing the labels
+  where both are present).
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   images, labels, mix = batch["image"], batch["label"], 1.0
@@ -100,7 +105,7 @@ def train_step(
       state.params)
   metrics = {
       "loss": value,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "accuracy": accuracy(logits, labels),
       "grad_norm": optax.global_norm(grads),
       "learning_rate": schedule(state.step),
   }
@@ -323,10 +328,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
   sharding.check_batch_size(training.eval_batch_size, mesh, "training.eval_batch_size")
 
+  task = tasks.get(config)
   splits = image_check.check_splits(
       datasets.load_splits(config.data, workdir), config.data)
   num_classes = len(splits.class_names)
   eval_records = {"val": splits.val, **eval_sets.load(config.data.eval_sets, splits)}
+  for records in (splits.train, *eval_records.values()):
+    task.check_labels(records, splits.class_names)
+  train_records = task.relabelled(splits.train, config.loss.uncertain)
+  eval_records = {name: task.relabelled(records, "ignore")
+                  for name, records in eval_records.items()}
   steps_per_epoch, total_steps = optimizers.schedule_length(training, len(splits.train))
   record_run(workdir, config, splits, total_steps, steps_per_epoch, splits.class_names)
   logging.info("%d classes %s; %d train images, evaluated on %s; %d devices, %d processes; "
@@ -345,7 +356,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
                              ema=training.ema_decay > 0)
 
   train_iter = iter(input_pipeline.create_train_dataset(
-      splits.train, config.data, training.global_batch_size, config.seed,
+      train_records, config.data, training.global_batch_size, config.seed,
       jax.process_index(), jax.process_count()))
   checkpointer, restored = open_checkpoints(workdir, training, state, train_iter)
   if restored is not None:
@@ -356,12 +367,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
 
   p_train_step = make_train_step(
       mesh, schedule=schedule,
-      loss=losses.create_loss(config.loss, np.array([r["label"] for r in splits.train]),
-                              num_classes),
-      augment=device_augment.step_augment(config.data), mixup_alpha=config.loss.mixup_alpha,
-      ema_decay=training.ema_decay)
+      loss=task.create_loss(config.loss, np.array([r["label"] for r in train_records]),
+                            num_classes),
+      accuracy=task.accuracy, augment=device_augment.step_augment(config.data),
+      mixup_alpha=config.loss.mixup_alpha, ema_decay=training.ema_decay)
   evaluators = {name: inference.Evaluator(model, records, config.data, training.eval_batch_size,
-                                          mesh) for name, records in eval_records.items()}
+                                          mesh, task=task, class_names=splits.class_names)
+                for name, records in eval_records.items()}
   start_step = int(state.step)
   val_metrics = run_loop(
       workdir, training, state, p_train_step, train_iter, checkpointer, mesh,

@@ -21,6 +21,7 @@ from xray_jax import (
   models,
   optimizers,
   sharding,
+  tasks,
 )
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets
@@ -136,13 +137,23 @@ def _restore(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
          mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
-  """Rebuilds the model from the run's saved config and restores its variables only."""
+  """Rebuilds the model from the run's saved config and restores its variables only, for
+  evaluation, the stress test and predict: single-label runs only, so far."""
   workdir = pathlib.Path(workdir).expanduser()
   config = load_config(workdir)
   if contrastive.is_pretraining(config):
     raise errors.DataError(
         f"{workdir} is a self-supervised pretraining run, without a classifier: fine-tune "
         f"from it (--config.finetune.init_from={workdir}), then use that run")
+  if tasks.get(config).label_is_vector:
+    raise errors.DataError(
+        f"{workdir} was trained with config.task={config.task!r}: evaluation, the stress "
+        "test, predict and the Classifier API read single-label runs only, so far")
+  return _load_classifier(workdir, config, checkpoint, mesh)
+
+
+def _load_classifier(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                     checkpoint: str | int, mesh: jax.sharding.Mesh | None) -> TrainedRun:
   class_names = load_class_names(workdir)
   model = models.create_model(config.model, len(class_names))
   step, variables = _restore(workdir, config, checkpoint, mesh, model.init)
@@ -157,7 +168,7 @@ def load_variables(workdir: str | pathlib.Path, checkpoint: str | int = "latest"
   workdir = pathlib.Path(workdir).expanduser()
   config = load_config(workdir)
   if not contrastive.is_pretraining(config):
-    run = load(workdir, checkpoint, mesh)
+    run = _load_classifier(workdir, config, checkpoint, mesh)
     return run.step, run.variables
   encoder = contrastive.Encoder.create(config.model, config.pretrain,
                                        input_pipeline.input_shape(config.data))

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xray_jax import errors, models
+from xray_jax import errors, models, tasks
 
 SHIFT_FRACTION = 0.04  # "shift": four views moved by this share of the size (at least 1 px).
 ZOOM = 1.1  # "zoom": the central 1 / ZOOM of the image enlarged to the full size.
@@ -55,11 +55,12 @@ def parse_views(spec: str) -> tuple[str, ...]:
 
 
 def probabilities(model: nn.Module, variables: dict, images: jax.Array,
-                  views: tuple[str, ...] = ()) -> jax.Array:
-  """Class probabilities [N, classes], averaged over `images` and their `views`."""
+                  views: tuple[str, ...] = (),
+                  task: tasks.Task = tasks.SINGLE_LABEL) -> jax.Array:
+  """Probabilities [N, classes] of `task`, averaged over `images` and their `views`."""
   inputs = [images, *(view for name in views for view in VIEWS[name](images))]
-  return jnp.mean(jnp.stack([models.class_probabilities(model, variables, x) for x in inputs]),
-                  axis=0)
+  return jnp.mean(jnp.stack([models.class_probabilities(model, variables, x, task)
+                             for x in inputs]), axis=0)
 
 
 def configured_views(evaluation_config) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xray_jax import errors
+from xray_jax import errors, tasks
 from xray_jax.models import cnn, densenet, resnet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -47,6 +47,8 @@ def head_name(params: dict) -> str:
   return max(dense, key=lambda name: int(name.split("_")[1]))
 
 
-def class_probabilities(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
-  """Softmax probabilities [N, classes] of a model in inference mode."""
-  return jax.nn.softmax(model.apply(variables, images, train=False))
+def class_probabilities(model: nn.Module, variables: dict, images: jax.Array,
+                        task: tasks.Task = tasks.SINGLE_LABEL) -> jax.Array:
+  """Probabilities [N, classes] of a model in inference mode, as `task` makes them (a
+  softmax over the classes, or a sigmoid per finding)."""
+  return task.probabilities(model.apply(variables, images, train=False))
