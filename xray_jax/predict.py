@@ -1,13 +1,17 @@
 r"""Classifies new X-ray images with a trained run.
 
   python -m xray_jax.predict --workdir=/tmp/xray/run1 [--checkpoint=best] \
-      --output=preds.csv [--saliency_dir=out/] [--overwrite] image.png folder/ ...
+      --output=preds.csv [--saliency_dir=out/ [--saliency_of=NAME]] [--overwrite] \
+      image.png folder/ ...
 
 Images are preprocessed exactly as in evaluation. The table gives each file's class
 probabilities and one decision: for two classes, whether the positive probability reaches
 the operating threshold chosen on validation (`xray_jax.evaluate --split=val`), or 0.5 when
-none was chosen; the header names the rule. Unreadable files are reported and skipped, and
-the exit code is then 1. Ctrl-C stops it with status 130, without a partial --output.
+none was chosen; the header names the rule. A multilabel run decides each finding by its own
+threshold (0.5 when none was chosen): the table lists the findings decided present, the
+output each finding's probability (prob_NAME) and decision (has_NAME, 1 or 0). Unreadable
+files are reported and skipped, and the exit code is then 1. Ctrl-C stops it with status 130,
+without a partial --output.
 
 From Python: `xray_jax.classifier` (this binary's library).
 """
@@ -24,10 +28,9 @@ from absl import app, flags, logging
 from xray_jax import cli, errors
 from xray_jax import workdir as workdir_lib
 from xray_jax.classifier import (
+    FindingsPrediction,
     Prediction,
     classify_files,
-    decision_rule,
-    decision_threshold,
     find_images,
     load,
 )
@@ -37,6 +40,9 @@ flags.DEFINE_string("workdir", None, "Workdir of the training run.")
 flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 flags.DEFINE_string("output", None, "Write predictions to this .csv or .json file.")
 flags.DEFINE_string("saliency_dir", None, "Write Grad-CAM overlays (PNG) here.")
+flags.DEFINE_string("saliency_of", None, "--saliency_dir: Grad-CAM of this finding (or class) "
+                    "for every image, instead of each image's most probable finding (or "
+                    "decided class).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
 flags.DEFINE_list("ensemble", [], "Other workdirs whose probabilities are averaged with "
@@ -45,32 +51,38 @@ flags.DEFINE_list("ensemble", [], "Other workdirs whose probabilities are averag
 flags.mark_flags_as_required(["workdir"])
 
 
-def format_output(predictions: Sequence[Prediction], suffix: str) -> str:
+def format_output(predictions: Sequence[Prediction | FindingsPrediction], suffix: str) -> str:
   """CSV or JSON text of the predictions; both name the decision rule (the CSV in the
   `predicted` column's header)."""
   first = predictions[0]
-  rule = decision_rule(first.class_names, first.threshold)
   rows = [p.as_dict() for p in predictions]
   if suffix == ".json":
-    return json.dumps({"decision": rule,
-                       "threshold": decision_threshold(first.class_names, first.threshold),
-                       "predictions": rows}, indent=1)
+    return json.dumps({"decision": first.rule, **first.rule_thresholds, "predictions": rows},
+                      indent=1)
   buffer = io.StringIO()
   writer = csv.writer(buffer)
-  writer.writerow([f"predicted ({rule})" if k == "predicted" else k for k in rows[0]])
+  writer.writerow([f"predicted ({first.rule})" if k == "predicted" else k for k in rows[0]])
   writer.writerows(row.values() for row in rows)
   return buffer.getvalue()
 
 
-def format_table(predictions: Sequence[Prediction]) -> str:
-  """A fixed-width table for the terminal."""
+def format_table(predictions: Sequence[Prediction | FindingsPrediction]) -> str:
+  """A fixed-width table for the terminal: each file's decided class and class
+  probabilities, or (multilabel) the findings decided present with their probabilities."""
   if not predictions:
     return "(nothing classified)"
-  names = predictions[0].class_names
+  first = predictions[0]
   width = max(len(p.path) for p in predictions)
+  if isinstance(first, FindingsPrediction):
+    lines = [f"decision: {first.rule}", f"{'file':<{width}}  findings present"]
+    lines += [f"{p.path:<{width}}  " + (", ".join(
+        f"{name} {q:.4f}" for name, q, found in zip(p.class_names, p.probabilities,
+                                                    p.is_present, strict=True) if found)
+        or "none") for p in predictions]
+    return "\n".join(lines)
   header = (f"{'file':<{width}}  {'predicted':<12}"
-            + "".join(f"  {'P(' + n + ')':>14}" for n in names))
-  lines = [f"decision: {decision_rule(names, predictions[0].threshold)}", header]
+            + "".join(f"  {'P(' + n + ')':>14}" for n in first.class_names))
+  lines = [f"decision: {first.rule}", header]
   lines += [f"{p.path:<{width}}  {p.predicted:<12}"
             + "".join(f"  {q:>14.4f}" for q in p.probabilities) for p in predictions]
   return "\n".join(lines)
@@ -87,13 +99,17 @@ def main(argv: list[str]) -> None:
       raise errors.ConfigError(f"--output={output}: expected a .csv or .json file name")
     if output is not None and output.exists() and not FLAGS.overwrite:
       raise errors.ConfigError(f"--output={output} exists; pass --overwrite to replace it")
+    if FLAGS.saliency_of is not None and saliency_dir is None:
+      raise errors.ConfigError("--saliency_of chooses what the Grad-CAM overlays show: it "
+                               "needs --saliency_dir")
     if (saliency_dir is not None and saliency_dir.is_dir() and any(saliency_dir.iterdir())
         and not FLAGS.overwrite):
       raise errors.ConfigError(
           f"--saliency_dir={saliency_dir} is not empty; pass --overwrite to write into it")
     paths, failures = find_images(argv[1:])
     classifier = load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.ensemble)
-    predictions, unreadable = classify_files(classifier, paths, saliency_dir)
+    predictions, unreadable = classify_files(classifier, paths, saliency_dir,
+                                             FLAGS.saliency_of)
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
   failures.update(unreadable)

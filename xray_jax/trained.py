@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from xray_jax import (
@@ -138,17 +139,13 @@ def _restore(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
          mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
   """Rebuilds the model from the run's saved config and restores its variables only, for
-  evaluation, the stress test and predict: single-label runs only, so far."""
+  evaluation, the stress test and predict."""
   workdir = pathlib.Path(workdir).expanduser()
   config = load_config(workdir)
   if contrastive.is_pretraining(config):
     raise errors.DataError(
         f"{workdir} is a self-supervised pretraining run, without a classifier: fine-tune "
         f"from it (--config.finetune.init_from={workdir}), then use that run")
-  if tasks.get(config).label_is_vector:
-    raise errors.DataError(
-        f"{workdir} was trained with config.task={config.task!r}: evaluation, the stress "
-        "test, predict and the Classifier API read single-label runs only, so far")
   return _load_classifier(workdir, config, checkpoint, mesh)
 
 
@@ -208,6 +205,20 @@ def load_threshold(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> float
   return load_operating_point(run, members).get("threshold")
 
 
+def load_thresholds(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> np.ndarray | None:
+  """The saved per-finding decision thresholds [K] of a multilabel run's step (with
+  `members`), if chosen."""
+  thresholds = load_operating_point(run, members).get("thresholds")
+  return None if thresholds is None else np.asarray(thresholds, np.float64)
+
+
 def load_temperature(run: TrainedRun, members: Sequence[TrainedRun] = ()) -> float:
-  """The temperature fitted on validation for the run's step (with `members`); 1: none."""
-  return load_operating_point(run, members).get("temperature", 1.0)
+  """The temperature fitted on validation for the run's step (with `members`); 1: none.
+  DataError for a multilabel run's: temperature scaling is for single-label runs only."""
+  temperature = load_operating_point(run, members).get("temperature", 1.0)
+  if temperature != 1.0 and tasks.get(run.config).label_is_vector:
+    raise errors.DataError(
+        f"{operating_point_path(run.workdir, run.step, output_prefix(members))}: holds a "
+        "temperature, but temperature scaling is for single-label runs (a softmax); a "
+        "multilabel run's sigmoids are read as trained")
+  return temperature

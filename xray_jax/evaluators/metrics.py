@@ -70,7 +70,7 @@ def summarize_findings(probs: np.ndarray, labels: np.ndarray,
   scores, truth = probs[present], labels[present] == 1
   clipped = np.clip(scores, 1e-12, 1 - 1e-12)
   log_likelihood = np.where(truth, np.log(clipped), np.log1p(-clipped))
-  named = {f"auc_{_metric_name(name)}": auc
+  named = {f"auc_{metric_name(name)}": auc
            for name, auc in zip(finding_names, aucs, strict=True)} if finding_names else {}
   return {
       "accuracy": float(np.mean((scores >= 0.5) == truth)) if truth.size else float("nan"),
@@ -82,7 +82,7 @@ def summarize_findings(probs: np.ndarray, labels: np.ndarray,
   }
 
 
-def _metric_name(name: str) -> str:
+def metric_name(name: str) -> str:
   """A finding's name in a metric's name: each run of characters other than letters,
   digits and _ becomes one _ ("Pleural Effusion" -> "Pleural_Effusion")."""
   return re.sub(r"\W+", "_", name)

@@ -155,12 +155,16 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: PathLike,
 
 def plot_shift_curves(curves: dict[str, dict[str, list[float | None]]], path: PathLike,
                       title: str = "Stress test") -> pathlib.Path:
-  """One panel per score: its value against shift severity (0 = no shift), one line per
-  shift. `curves`: score name -> shift name -> values at severities 0, 1, 2, ..."""
-  figure = Figure(figsize=(5.0 * len(curves), 4.5), dpi=100, layout="constrained")
+  """One panel per score (up to 4 a row): its value against shift severity (0 = no shift),
+  one line per shift. `curves`: score name -> shift name -> values at severities 0, 1, 2, ..."""
+  columns = min(len(curves), 4)
+  rows = -(-len(curves) // columns)
+  figure = Figure(figsize=(5.0 * columns, 4.5 * rows), dpi=100, layout="constrained")
   FigureCanvasAgg(figure)
-  panels = figure.subplots(1, len(curves), squeeze=False)[0]
-  for axes, (score, by_shift) in zip(panels, curves.items(), strict=True):
+  panels = figure.subplots(rows, columns, squeeze=False).ravel()
+  for axes in panels[len(curves):]:
+    axes.set_axis_off()
+  for axes, (score, by_shift) in zip(panels, curves.items(), strict=False):
     for name, values in by_shift.items():
       y = np.array([np.nan if v is None else v for v in values], float)
       axes.plot(np.arange(len(y)), y, marker="o", lw=1.5, label=name)
