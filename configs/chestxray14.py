@@ -27,8 +27,9 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The pneumonia config on ChestX-ray14's table, official split and 14 findings."""
-  arg = config_args.parse_arg(arg, runlocal=False, model="cnn", res=224, lists=False)
+  """The pneumonia config on ChestX-ray14's table, official split and 14 findings;
+  DenseNet-121 (CheXNet's baseline) unless `model=` says otherwise."""
+  arg = config_args.parse_arg(arg, runlocal=False, model="densenet121", res=224, lists=False)
   config = pneumonia.get_config(f"runlocal={arg.runlocal},model={arg.model},res={arg.res}")
   config.task = "multilabel"
   data = config.data

@@ -25,8 +25,10 @@ OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lun
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The pneumonia config on CheXpert's tables, frontal views only."""
-  config = pneumonia.get_config(arg)
+  """The pneumonia config on CheXpert's tables, frontal views only; DenseNet-121 (CheXNet's
+  baseline) unless `model=` says otherwise."""
+  arg = config_args.parse_arg(arg, runlocal=False, model="densenet121", res=224)
+  config = pneumonia.get_config(f"runlocal={arg.runlocal},model={arg.model},res={arg.res}")
   config.task = "multilabel"
   data = config.data
   data.source = "csv"

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from helpers import make_dataset, tiny_config
+from helpers import chestmnist_config, make_dataset, tiny_config, write_findings_npz
 
 from xray_jax import errors, finetune, models, optimizers, train, trained
 
@@ -87,6 +87,30 @@ def test_loaded_values_equal_the_sources_and_the_log_names_what_stayed_fresh(
       expected = initial[name] if head in name else theirs[name]
       np.testing.assert_array_equal(value, expected, err_msg=f"{collection}{name}")
   assert f"kept fresh: params/{head}/bias (3,) (source (2,))" in caplog.text
+
+
+def test_a_multilabel_run_starts_a_pneumonia_run_with_a_fresh_head(tmp_path, caplog):
+  source_config = chestmnist_config(tmp_path / "findings.npz")
+  write_findings_npz(tmp_path / "findings.npz", sizes=(("train", 64), ("val", 16)))
+  pneumonia_config = tiny_config(make_dataset(tmp_path / "data"))
+  source_config.data.image_size = pneumonia_config.data.image_size
+  source_config.model = ml_collections.ConfigDict(pneumonia_config.model.to_dict())
+  source_config.training.update(num_train_steps=4, eval_every_steps=4,
+                                checkpoint_every_steps=4)
+  train.train_and_evaluate(source_config, str(tmp_path / "findings"))
+
+  pneumonia_config.finetune.update(init_from=str(tmp_path / "findings"), freeze_backbone=True)
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(pneumonia_config, str(tmp_path / "pneumonia"))
+  source = trained.load(tmp_path / "findings")
+  head = models.head_name(source.variables["params"])
+  assert source.variables["params"][head]["bias"].shape == (4,)  # One logit per finding.
+  assert f"kept fresh: params/{head}/bias (2,) (source (4,))" in caplog.text
+  tuned = _leaves(trained.load(tmp_path / "pneumonia").variables["params"])
+  for name, value in _leaves(source.variables["params"]).items():
+    if head not in name:  # The frozen backbone is the multilabel run's.
+      np.testing.assert_array_equal(tuned[name], value, err_msg=name)
+  assert tuned[f"['{head}']['kernel']"].shape[-1] == 2
 
 
 def test_a_source_that_fits_nothing_or_is_missing_is_a_config_error(source_run, tmp_path):
