@@ -59,14 +59,14 @@ def _copy(run: pathlib.Path, tmp_path: pathlib.Path, name: str = "work") -> path
 
 def _predict(workdir: pathlib.Path, step: int, records, data_config=None, views=()):
   """(probs, labels) of a run's step for `records`, straight from inference.Predictor."""
-  run = trained.load(workdir, step, multilabel=True)
+  run = trained.load(workdir, step)
   predictor = inference.Predictor(run.model, data_config or run.config.data, 32,
                                    sharding.make_mesh(), views, run.task)
   return predictor(run.variables, records)
 
 
 def _records(workdir: pathlib.Path, split: str):
-  run = trained.load(workdir, multilabel=True)
+  run = trained.load(workdir)
   return evaluation.split_records(run, trained.data_config(run.config), split)
 
 
@@ -96,7 +96,7 @@ def test_watch_reports_each_finding_at_thresholds_chosen_on_validation(multilabe
   point = json.loads(trained.operating_point_path(workdir, 4).read_text())
   assert point["method"] == "youden" and point["finding_names"] == list(NAMES)
   assert point["thresholds"] == chosen["thresholds"] and report["operating_point"] == point
-  run = trained.load(workdir, 4, multilabel=True)
+  run = trained.load(workdir, 4)
   np.testing.assert_array_equal(trained.load_thresholds(run), chosen["thresholds"])
   assert trained.load_threshold(run) is None
 
@@ -128,7 +128,7 @@ def test_watch_reports_each_finding_at_thresholds_chosen_on_validation(multilabe
 @pytest.mark.slow
 def test_ensemble_with_tta_averages_the_members_sigmoids(multilabel_run, tmp_path):
   workdir = _copy(multilabel_run, tmp_path)
-  member = trained.load(_copy(multilabel_run, tmp_path, "member"), 2, multilabel=True)
+  member = trained.load(_copy(multilabel_run, tmp_path, "member"), 2)
   config = evaluation_config(tta="hflip")
   report = evaluation.evaluate_checkpoint(workdir, "test", 4, config, members=[member])
   records = _records(workdir, "test")
