@@ -262,10 +262,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.ema_decay = 0.0
 
   config.evaluation = ml_collections.ConfigDict()  # xray_jax.evaluate (checkpoint evaluation).
-  # The operating point (decision threshold of two classes): fixed (fixed_threshold, not
-  # tuned), or chosen on validation: youden (max sensitivity + specificity), sensitivity
-  # (reach target_sensitivity) or robust (max mean sensitivity + specificity over validation
-  # clean and under every stress shift). fixed 0.5 is the default: judged under shifts held
+  # The operating point (decision threshold of two classes, or of each finding with task
+  # multilabel): fixed (fixed_threshold, not tuned), or chosen on validation: youden (max
+  # sensitivity + specificity), sensitivity (reach target_sensitivity) or robust (max mean
+  # sensitivity + specificity over validation clean and under every stress shift; single-label
+  # only). fixed 0.5 is the default: judged under shifts held
   # out from the choice, it beat every tuned threshold (docs/results.md); youden was worst.
   config.evaluation.threshold_method = "fixed"
   config.evaluation.fixed_threshold = 0.5  # For threshold_method=fixed.
@@ -276,13 +277,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation.operating_point_split = "val"
   config.evaluation.calibration_bins = 15  # Bins of the reliability diagram and the ECE.
   # Fit a temperature on validation (saved with the operating point, which is then chosen
-  # on the scaled probabilities); evaluate and predict apply it.
+  # on the scaled probabilities); evaluate and predict apply it. Single-label only.
   config.evaluation.temperature_scaling = False
   # Test-time augmentation in evaluate and predict: probabilities averaged over the image and
   # these views: none, or a list of hflip (mirror), shift (4 moves of 4%), zoom (x1.1).
   config.evaluation.tta = "none"
-  # Confidence intervals of binary reports (ROC AUC, accuracy, sensitivity, specificity):
-  # percentile bootstrap over patients (data.group_pattern), else images. 0 disables.
+  # Confidence intervals of binary reports (ROC AUC, accuracy, sensitivity, specificity) and
+  # per-finding ones (ROC AUC, sensitivity, specificity): percentile bootstrap over patients
+  # (data.group_pattern), else images. 0 disables.
   config.evaluation.bootstrap_resamples = 1000
   config.evaluation.confidence_level = 0.95  # Coverage of those intervals, in (0, 1).
 

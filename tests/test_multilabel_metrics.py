@@ -158,6 +158,28 @@ def test_one_resample_draws_the_patients_of_every_finding():
     assert interval == pytest.approx(twice["per_finding"]["effusion"][figure], abs=1e-12)
 
 
+def test_paired_auc_difference_shares_the_draws_of_the_binary_comparison():
+  probs, labels = _predictions(seed=5)
+  other = np.clip(probs + np.random.default_rng(1).normal(0, 0.2, probs.shape), 0, 1)
+  groups = [f"p{i // 2}" for i in range(len(probs))]
+  found = multilabel.paired_auc_difference(labels, probs, other, NAMES, groups, 300, seed=2)
+  assert set(found) == {"roc_auc_macro", *(f"roc_auc_{name}" for name in NAMES)}
+  report_a = multilabel.finding_report(probs, labels, NAMES)
+  report_b = multilabel.finding_report(other, labels, NAMES)
+  assert found["roc_auc_macro"]["a"] == pytest.approx(report_a["macro"]["roc_auc"], abs=1e-12)
+  assert found["roc_auc_macro"]["b"] == pytest.approx(report_b["macro"]["roc_auc"], abs=1e-12)
+  # Without missing labels, each finding's comparison is the binary one, draw for draw.
+  complete = np.nan_to_num(labels)
+  found = multilabel.paired_auc_difference(complete, probs, other, NAMES, groups, 300, seed=2)
+  for k, name in enumerate(NAMES):
+    binary = bootstrap.paired_difference(complete[:, k] == 1, probs[:, k], other[:, k],
+                                         (0.5, 0.5), groups, 300, seed=2)["roc_auc"]
+    assert found[f"roc_auc_{name}"] == pytest.approx(binary, abs=1e-12)
+  itself = multilabel.paired_auc_difference(labels, probs, probs, NAMES, groups, 100)
+  assert all(f["difference"] == f["low"] == f["high"] == 0 and f["p_value"] == 1.0
+             for f in itself.values())
+
+
 def test_intervals_cover_known_aucs_and_decision_figures_at_about_95_percent():
   """Per finding, positives score N(d, 1) and negatives N(0, 1): AUC is Phi(d / sqrt 2), and
   at threshold t sensitivity is 1 - Phi(t - d) and specificity Phi(t)."""

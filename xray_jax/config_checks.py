@@ -15,7 +15,7 @@ from xray_jax.data import (
   intensity,
   tfds_builders,
 )
-from xray_jax.evaluators import metrics, tta
+from xray_jax.evaluators import metrics, multilabel, tta
 from xray_jax.models import common
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
@@ -134,16 +134,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   require(config.evaluation.get("operating_point_split", "val") in sets,
           "evaluation.operating_point_split", config.evaluation.get("operating_point_split"),
           f"one of {', '.join(sets)} (val or a set of data.eval_sets)")
-  check_evaluation_config(config.evaluation)
+  check_evaluation_config(config.evaluation, task)
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     require(training[key] > 0 or training[key] == -1, f"training.{key}", training[key],
              "a positive integer, or -1 for once per epoch")
 
 
-def check_evaluation_config(evaluation: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for a bad `config.evaluation` value."""
+def check_evaluation_config(evaluation: ml_collections.ConfigDict,
+                            task: tasks.Task = tasks.SINGLE_LABEL) -> None:
+  """Raises ConfigError for a bad `config.evaluation` value (for a run of `task`)."""
   require(evaluation.threshold_method in metrics.THRESHOLD_METHODS, "evaluation.threshold_method",
            evaluation.threshold_method, ", ".join(metrics.THRESHOLD_METHODS))
+  if task.label_is_vector:
+    methods = ("fixed", *multilabel.CHOSEN_METHODS)
+    require(evaluation.threshold_method in methods, "evaluation.threshold_method",
+            evaluation.threshold_method, f"{', '.join(methods)} with config.task={task.name!r} "
+            "(robust is single-label only)")
+    require(not evaluation.get("temperature_scaling", False), "evaluation.temperature_scaling",
+            evaluation.get("temperature_scaling"), f"False with config.task={task.name!r} (the "
+            "temperature rescales a softmax)")
   if evaluation.threshold_method == "fixed":
     require(0 < evaluation.get("fixed_threshold", -1) < 1, "evaluation.fixed_threshold",
              evaluation.get("fixed_threshold"), "a value in (0, 1)")

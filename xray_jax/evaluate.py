@@ -3,12 +3,17 @@ r"""Evaluates checkpoints of a training run, as a separate job.
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
       [--split=val|test|NAME] [--checkpoint=best|latest|STEP] \
       [--watch | --stress | --ensemble=W2,W3] [--compare=OTHER_WORKDIR[:CHECKPOINT]]
+  python -m xray_jax.evaluate --workdir=/tmp/xray/run1 --config=SOURCE_CONFIG \
+      --label_map=OUTPUT=LABEL,... [--split=val|test|NAME]
 
 The model and preprocessing come from the run's saved config.json; --config, if given, only
-supplies the `evaluation` section (operating-point method, calibration bins). Reports,
-predictions and figures go to WORKDIR/eval/. --stress re-evaluates the validation split under
-controlled acquisition shifts (xray_jax.evaluators.stress). Binary reports carry bootstrap
-intervals; --compare pairs this run (or its --ensemble) with another on the same images.
+supplies the `evaluation` section (operating-point method, calibration bins), and with
+--label_map also the data source to evaluate on (its `data` section and `task`; the run's
+outputs scored against that source's labels). Reports, predictions and figures go to
+WORKDIR/eval/; multilabel runs get per-finding reports. --stress re-evaluates the validation
+split under controlled acquisition shifts (xray_jax.evaluators.stress). Binary and per-finding
+reports carry bootstrap intervals; --compare pairs this run (or its --ensemble) with another
+on the same images.
 Ctrl-C stops it with status 130; each report, table and figure is written whole or not at all.
 """
 
@@ -19,13 +24,14 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from xray_jax import cli, config_checks, errors, sharding, trained
-from xray_jax.evaluators import evaluation, stress
+from xray_jax import cli, config_checks, errors, sharding, tasks, trained
+from xray_jax.evaluators import cross_dataset, evaluation, stress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
 config_flags.DEFINE_config_file(
-    "config", None, "Optional config file; only its `evaluation` section is used.",
+    "config", None, "Optional config file; only its `evaluation` section is used (with "
+    "--label_map also its `data` section and `task`: the source to evaluate on).",
     lock_config=True)
 flags.DEFINE_string("split", "val", "Split to evaluate: val, test or a named set of the run's "
                     "config.data.eval_sets.")
@@ -44,6 +50,11 @@ flags.DEFINE_string("compare", None, "Another run's workdir, optionally :CHECKPO
                     "--checkpoint): both evaluated on --split's images, then each figure's "
                     "paired difference with its bootstrap interval (of the --ensemble with "
                     "--workdir if given); writes eval/[ensemble_]compare_*.json.")
+flags.DEFINE_string("label_map", None, "Evaluate on another data source, the one --config "
+                    "describes, read with the run's preprocessing: comma-separated "
+                    "OUTPUT=LABEL pairs, each a class or finding of the run and a class or "
+                    "finding of that source, e.g. Pneumonia=PNEUMONIA; writes "
+                    "eval/cross_{SOURCE}_{split}_step{N}.json, _predictions.csv and _roc.png.")
 flags.DEFINE_float("poll_seconds", 30.0, "--watch: seconds between looks at the workdir.")
 flags.DEFINE_float("timeout_seconds", 3600.0,
                    "--watch: give up after this long without a new checkpoint.")
@@ -52,11 +63,17 @@ flags.mark_flags_as_required(["workdir"])
 
 def _evaluation_config(workdir) -> ml_collections.ConfigDict:
   """The `evaluation` section: from --config if given, else from the run's config.json."""
-  config = FLAGS.config if FLAGS.config is not None else trained.load_config(workdir)
+  saved = trained.load_config(workdir)
+  config = FLAGS.config if FLAGS.config is not None else saved
   if "evaluation" not in config:
     raise errors.ConfigError("config.evaluation is missing: pass --config=<config file>")
-  config_checks.check_evaluation_config(config.evaluation)
+  config_checks.check_evaluation_config(config.evaluation, tasks.get(saved))
   return config.evaluation
+
+
+def _members(mesh) -> list[trained.TrainedRun]:
+  """The runs of --ensemble, at --checkpoint."""
+  return [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble]
 
 
 @cli.exit_on_interrupt("reports are written whole or not at all; the evaluation in progress "
@@ -73,6 +90,10 @@ def main(argv: list[str]) -> None:
       raise app.UsageError("--ensemble evaluates one checkpoint: no --stress or --watch")
     if FLAGS.compare and (FLAGS.stress or FLAGS.watch):
       raise app.UsageError("--compare pairs two checkpoints: no --stress or --watch")
+    if FLAGS.label_map is not None and (FLAGS.stress or FLAGS.watch or FLAGS.compare
+                                        or FLAGS.config is None):
+      raise app.UsageError("--label_map evaluates one checkpoint on the data source of "
+                           "--config: give --config; no --stress, --watch or --compare")
     if FLAGS.watch:  # Started beside the trainer, perhaps before it.
       trained.wait_for_config(workdir, FLAGS.poll_seconds, FLAGS.timeout_seconds)
     evaluation_config = _evaluation_config(workdir)
@@ -82,18 +103,22 @@ def main(argv: list[str]) -> None:
     elif FLAGS.watch:
       evaluation.watch(FLAGS.workdir, FLAGS.split, evaluation_config, FLAGS.data_dir,
                        FLAGS.poll_seconds, FLAGS.timeout_seconds)
+    elif FLAGS.label_map is not None:
+      label_map = cross_dataset.parse_label_map(FLAGS.label_map)
+      mesh = sharding.make_mesh()
+      cross_dataset.evaluate_on_source(FLAGS.workdir, FLAGS.config, FLAGS.split,
+                                       FLAGS.checkpoint, evaluation_config, label_map,
+                                       FLAGS.data_dir, mesh, _members(mesh))
     elif FLAGS.compare:
       other, _, other_checkpoint = FLAGS.compare.partition(":")
       mesh = sharding.make_mesh()
       evaluation.compare_runs(FLAGS.workdir, other, FLAGS.split,
                               (FLAGS.checkpoint, other_checkpoint or FLAGS.checkpoint),
-                              evaluation_config, FLAGS.data_dir, mesh,
-                              [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble])
+                              evaluation_config, FLAGS.data_dir, mesh, _members(mesh))
     else:
       mesh = sharding.make_mesh()
-      members = [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble]
       evaluation.evaluate_checkpoint(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                     evaluation_config, FLAGS.data_dir, mesh, members)
+                                     evaluation_config, FLAGS.data_dir, mesh, _members(mesh))
   except errors.XrayError as e:
     sys.exit(f"error: {e}")
 

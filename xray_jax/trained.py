@@ -39,6 +39,11 @@ class TrainedRun:
   step: int
   variables: dict[str, Any]  # params and batch_stats, replicated over the mesh.
 
+  @property
+  def task(self) -> tasks.Task:
+    """What the model predicts: a class (softmax) or each finding (sigmoids)."""
+    return tasks.get(self.config)
+
 
 def data_config(config: ml_collections.ConfigDict,
                 data_dir: str | None = None) -> ml_collections.ConfigDict:
@@ -47,6 +52,24 @@ def data_config(config: ml_collections.ConfigDict,
   copy = ml_collections.ConfigDict(config.data.to_dict())
   copy.dir = data_dir or copy.dir
   return copy
+
+
+# The data fields that decide what a model sees of an image (input_pipeline.Preprocess).
+PREPROCESSING_FIELDS = ("image_size", "grayscale", "mean", "std", "intensity",
+                        "clahe_clip_limit")
+
+
+def source_data_config(config: ml_collections.ConfigDict,
+                       source: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Another source's data section (`source`: where its images are, how they are labelled)
+  with the run's preprocessing, so that its model sees those images as it saw its own."""
+  fields = source.to_dict()
+  for key in PREPROCESSING_FIELDS:
+    if key in config.data:
+      fields[key] = config.data[key]
+    else:  # Saved before the field existed: input_pipeline's default, as in training.
+      fields.pop(key, None)
+  return ml_collections.ConfigDict(fields)
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:

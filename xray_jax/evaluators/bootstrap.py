@@ -141,14 +141,18 @@ def paired_difference(
     b = resampled_figures(is_positive, scores_b, thresholds[1], weights)
     for name in FIGURES:
       found[name].append(a[name] - b[name])
-  result = {}
-  for name, chunks in found.items():
-    differences = np.concatenate(chunks)
-    differences = differences[np.isfinite(differences)]
-    low, high = percentile_interval(differences, level)
-    p_value = (min(1.0, 2 * min(np.mean(differences <= 0), np.mean(differences >= 0)))
-               if len(differences) else None)
-    result[name] = {"a": float(point_a[name][0]), "b": float(point_b[name][0]),
-                    "difference": float(point_a[name][0] - point_b[name][0]),
-                    "low": low, "high": high, "p_value": p_value}
-  return result
+  return {name: difference_summary(point_a[name][0], point_b[name][0], np.concatenate(chunks),
+                                   level)
+          for name, chunks in found.items()}
+
+
+def difference_summary(a: float, b: float, differences: np.ndarray,
+                       level: float) -> dict[str, float | None]:
+  """A figure of A and of B, A - B, and from its resampled `differences` (non-finite ones
+  left out) a percentile interval and a two-sided bootstrap p-value."""
+  differences = differences[np.isfinite(differences)]
+  low, high = percentile_interval(differences, level)
+  p_value = (min(1.0, 2 * min(np.mean(differences <= 0), np.mean(differences >= 0)))
+             if len(differences) else None)
+  return {"a": float(a), "b": float(b), "difference": float(a - b), "low": low, "high": high,
+          "p_value": p_value}

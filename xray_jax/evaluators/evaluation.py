@@ -14,11 +14,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xray_jax import checkpointing, errors, inference, sharding, trained
+from xray_jax import checkpointing, config_checks, errors, inference, sharding, trained
 from xray_jax import workdir as workdir_lib
 from xray_jax.data import datasets, eval_sets, shifts, splits
 from xray_jax.data.records import Record
-from xray_jax.evaluators import bootstrap, calibration, crossfit, metrics, plots, tta
+from xray_jax.evaluators import (
+  bootstrap,
+  calibration,
+  crossfit,
+  finding_evaluation,
+  metrics,
+  multilabel,
+  plots,
+  tta,
+)
 
 
 def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
@@ -27,23 +36,30 @@ def report_path(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
 
 def split_records(run: trained.TrainedRun, data_config, split: str) -> list[Record]:
   """The records of a run's `split`: "val", "test" or a named set of `data.eval_sets`,
-  checked against its class names."""
-  splits = datasets.load_splits(data_config, run.workdir)
-  if splits.class_names != run.class_names:
+  checked against its class names; uncertain findings count as missing."""
+  class_names, records = load_split(data_config, run.workdir, split)
+  if class_names != run.class_names:
     raise errors.DataError(
-        f"{data_config.dir}: classes {splits.class_names} differ from the run's "
-        f"{run.class_names}")
+        f"{data_config.dir}: classes {class_names} differ from the run's {run.class_names}")
+  return run.task.relabelled(records, "ignore")
+
+
+def load_split(data_config: ml_collections.ConfigDict, workdir: pathlib.Path,
+               split: str) -> tuple[tuple[str, ...], list[Record]]:
+  """The class names of a data source and the records of its `split` (validation carved
+  from train as recorded in `workdir`, or anew where it holds no split)."""
+  found = datasets.load_splits(data_config, workdir)
   named = eval_sets.parse(data_config.get("eval_sets", ""))
   if split in named:
-    return eval_sets.set_records(split, named[split], splits)
+    return found.class_names, eval_sets.set_records(split, named[split], found)
   if split not in ("val", "test"):
     raise errors.ConfigError(f"--split={split}: expected val, test or a set of "
                              f"config.data.eval_sets ({', '.join(named) or 'none'})")
-  records = {"val": splits.val, "test": splits.test}[split]
+  records = {"val": found.val, "test": found.test}[split]
   if not records:
     raise errors.DataError(
         f"data source {data_config.source!r} ({data_config.dir}) has no {split} split")
-  return records
+  return found.class_names, records
 
 
 def _write_predictions(path: pathlib.Path, records, probs, labels, class_names) -> None:
@@ -155,19 +171,24 @@ def _operating_point(
     evaluation_config: ml_collections.ConfigDict, data_dir: str | None,
     mesh: jax.sharding.Mesh, shifted: Callable[[shifts.Shift], np.ndarray],
 ) -> dict:
-  """The temperature and, for two classes, the decision threshold chosen on the split that
-  `evaluation.operating_point_split` names (validation by default): chosen and saved now when
-  `split` is that split, else read back (from an evaluation of that split first if none was
-  saved for these settings). A tuned threshold comes with its cross-fitted thresholds, each
-  chosen on all patients but one fold. `shifted(shift)`: the split's probabilities under an
-  acquisition shift, for the "robust" threshold."""
+  """The temperature and, for two classes, the decision threshold (for findings, one each)
+  chosen on the split that `evaluation.operating_point_split` names (validation by default):
+  chosen and saved now when `split` is that split, else read back (from an evaluation of that
+  split first if none was saved for these settings). A tuned threshold of two classes comes
+  with its cross-fitted thresholds, each chosen on all patients but one fold.
+  `shifted(shift)`: the split's probabilities under an acquisition shift, for the "robust"
+  threshold."""
   settings = _operating_point_settings(evaluation_config)
   if split != settings["split"]:
     return operating_point(run, evaluation_config, data_dir, mesh, members)
   point = {"step": run.step, **({"members": trained.member_names(members)} if members else {}),
            "settings": settings, "temperature": calibration.fit_temperature(probs, labels)
            if settings["temperature_scaling"] else 1.0}
-  if probs.shape[1] == 2:
+  if run.task.label_is_vector:
+    point.update(method=settings["method"], target_sensitivity=evaluation_config.target_sensitivity,
+                 **finding_evaluation.choose_operating_point(probs, labels, run.class_names,
+                                                             settings))
+  elif probs.shape[1] == 2:
     method = settings["method"]
     score_sets = [calibration.apply_temperature(probs, point["temperature"])[:, 1]]
     if method == "robust":
@@ -226,15 +247,17 @@ def _choose_threshold(is_positive: np.ndarray, score_sets: Sequence[np.ndarray],
                                   settings.get("target_sensitivity", 0.95))
 
 
-def _ensemble_predictor(
-    runs: Sequence[trained.TrainedRun], data_dir: str | None, views: tuple[str, ...],
-    mesh: jax.sharding.Mesh,
+def ensemble_predictor(
+    runs: Sequence[trained.TrainedRun], data_configs: Sequence[ml_collections.ConfigDict],
+    views: tuple[str, ...], mesh: jax.sharding.Mesh,
 ) -> Callable[[Sequence[Record], shifts.Shift | None], tuple[np.ndarray, np.ndarray]]:
-  """(records, shift) -> the runs' class probabilities for `records` under `shift`, averaged
-  (each run with its own model and preprocessing), and the labels."""
-  predictors = [(run, inference.Predictor(run.model, trained.data_config(run.config, data_dir),
-                                          run.config.training.eval_batch_size, mesh, views))
-                for run in runs]
+  """(records, shift) -> the runs' probabilities (of their task) for `records` under `shift`,
+  averaged (each run with its own model, and preprocessing by its one of `data_configs`),
+  and the labels."""
+  predictors = [(run, inference.Predictor(run.model, data_config,
+                                          run.config.training.eval_batch_size, mesh, views,
+                                          run.task))
+                for run, data_config in zip(runs, data_configs, strict=True)]
 
   def predict(records: Sequence[Record], shift: shifts.Shift | None = None):
     probs = []
@@ -247,9 +270,12 @@ def _ensemble_predictor(
   return predict
 
 
-def _check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun]) -> None:
-  """Ensemble members must share the classes and the validation images of `run`."""
+def check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun]) -> None:
+  """Ensemble members must share the task, the classes and the validation images of `run`."""
   for member in members:
+    if member.task != run.task:
+      raise errors.DataError(f"{member.workdir}: config.task={member.task.name!r}, "
+                             f"{run.workdir}'s is {run.task.name!r}")
     if member.class_names != run.class_names:
       raise errors.DataError(f"{member.workdir}: classes {member.class_names} differ from "
                              f"{run.workdir}'s {run.class_names}")
@@ -270,8 +296,10 @@ def evaluate_checkpoint(
 
   The temperature (1 unless evaluation.temperature_scaling) and, for two classes, the
   decision threshold are chosen on validation (and saved); a test report uses them and gives
-  metrics at 0.5 and at that threshold. With `members` (other runs, on the same validation
-  images), the runs' probabilities are averaged: an ensemble, reported as ensemble_*.
+  metrics at 0.5 and at that threshold. A multilabel run's report holds each finding's
+  figures at its own threshold, chosen the same way. With `members` (other runs, on the same
+  validation images), the runs' probabilities are averaged: an ensemble, reported as
+  ensemble_*.
   """
   return _evaluate(workdir, split, checkpoint, evaluation_config, data_dir,
                    mesh or sharding.make_mesh(), members).report
@@ -284,7 +312,7 @@ class _Evaluated:
   report: dict
   records: list[Record]
   probs: np.ndarray  # [N, classes], after the temperature.
-  labels: np.ndarray
+  labels: np.ndarray  # [N] class indices, or [N, findings] of 1, 0 and NaN.
   data_config: ml_collections.ConfigDict
 
 
@@ -294,13 +322,15 @@ def _evaluate(
     mesh: jax.sharding.Mesh, members: Sequence[trained.TrainedRun] = (),
 ) -> _Evaluated:
   run = trained.load(workdir, checkpoint, mesh)
-  _check_members(run, members)
+  check_members(run, members)
+  if run.task.label_is_vector:
+    config_checks.check_evaluation_config(evaluation_config, run.task)
   data_config = trained.data_config(run.config, data_dir)
   records = split_records(run, data_config, split)
   views = tta.configured_views(evaluation_config)
-  predict = _ensemble_predictor([run, *members], data_dir, views, mesh)
+  predict = ensemble_predictor([run, *members], [trained.data_config(r.config, data_dir)
+                                                 for r in (run, *members)], views, mesh)
   probs, labels = predict(records)
-  names = list(run.class_names)
   groups = record_groups(records, data_config)
   point = _operating_point(run, members, split, probs, labels, groups, evaluation_config,
                            data_dir, mesh, shifted=lambda shift: predict(records, shift)[0])
@@ -309,8 +339,47 @@ def _evaluate(
   report = {"split": split, "step": run.step, "workdir": str(run.workdir),
             "data": datasets.data_location(data_config), "tta": list(views),
             "operating_point": point,
-            **({"members": trained.member_names(members)} if members else {}),
-            "at_0.5": metrics.classification_report(probs, labels, names)}
+            **({"members": trained.member_names(members)} if members else {})}
+  if run.task.label_is_vector:
+    report.update(finding_evaluation.finding_report(probs, labels, run.class_names,
+                                                    point["thresholds"], groups,
+                                                    evaluation_config))
+  else:
+    report.update(_class_report(probs, labels, run.class_names, point, split, groups,
+                                evaluation_config))
+  save_report(run, name, report, records, probs, labels, evaluation_config.calibration_bins)
+  return _Evaluated(report, list(records), probs, labels, data_config)
+
+
+def save_report(run: trained.TrainedRun, name: str, report: dict, records: Sequence[Record],
+                probs: np.ndarray, labels: np.ndarray, calibration_bins: int) -> None:
+  """Writes report `name` of the run's step with its predictions and figures (on process 0),
+  then logs its summary: per finding where the report has "finding_names" (findings, or
+  cross_dataset's mapped outputs), else the class report's."""
+  findings = "finding_names" in report
+  prefix = run.workdir / workdir_lib.EVAL / f"{name}_step{run.step}"
+  if jax.process_index() == 0:
+    if findings:
+      finding_evaluation.write_outputs(prefix, records, probs, labels, report)
+    else:
+      _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
+                         labels, run.class_names)
+      _write_figures(prefix, probs, labels, run.class_names, report, calibration_bins)
+    workdir_lib.write_atomically(report_path(run.workdir, name, run.step),
+                                 json.dumps(report, indent=1))
+  if findings:
+    multilabel.log_summary(f"{name} step {run.step}", report)
+  else:
+    _log_summary(name, run.step, report)
+
+
+def _class_report(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                  point: dict, split: str, groups: Sequence[str],
+                  evaluation_config: ml_collections.ConfigDict) -> dict:
+  """A single-label report's figures: at 0.5, at the operating point and at the thresholds
+  cross-fitted on the split it is chosen on, with their bootstrap intervals."""
+  names = list(class_names)
+  report = {"at_0.5": metrics.classification_report(probs, labels, names)}
   thresholds = {"at_0.5": 0.5}
   if point.get("threshold") is not None:
     report["at_operating_point"] = metrics.classification_report(
@@ -325,15 +394,7 @@ def _evaluate(
   intervals = _intervals(groups, probs, labels, thresholds, evaluation_config)
   if intervals is not None:
     report["intervals"] = intervals
-  if jax.process_index() == 0:
-    prefix = run.workdir / workdir_lib.EVAL / f"{name}_step{run.step}"
-    _write_predictions(prefix.with_name(prefix.name + "_predictions.csv"), records, probs,
-                       labels, names)
-    _write_figures(prefix, probs, labels, names, report, evaluation_config.calibration_bins)
-    workdir_lib.write_atomically(report_path(run.workdir, name, run.step),
-                                 json.dumps(report, indent=1))
-  _log_summary(name, run.step, report)
-  return _Evaluated(report, list(records), probs, labels, data_config)
+  return report
 
 
 def compare_runs(
@@ -345,7 +406,8 @@ def compare_runs(
   """Evaluates a checkpoint of two runs on the same images of `split`, then pairs them:
   each figure of `workdir`'s run (averaged with `members`: an ensemble) minus `other`'s,
   with a paired bootstrap interval and p-value (resampling patients), each at its own
-  operating point. Writes WORKDIR/eval/[ensemble_]compare_*.json and returns it."""
+  operating point (multilabel runs: each finding's ROC AUC and their macro mean). Writes
+  WORKDIR/eval/[ensemble_]compare_*.json and returns it."""
   mesh = mesh or sharding.make_mesh()
   ours = _evaluate(workdir, split, checkpoints[0], evaluation_config, data_dir, mesh, members)
   theirs = _evaluate(other, split, checkpoints[1], evaluation_config, data_dir, mesh)
@@ -355,25 +417,35 @@ def compare_runs(
     raise errors.DataError(f"{workdir} and {other} have different {split} images: a paired "
                            "comparison needs the same ones (pass --data_dir)")
   order = np.array([position[path] for path in paths])
-  if ours.probs.shape[1] != 2 or not np.array_equal(ours.labels, theirs.labels[order]):
-    raise errors.DataError(f"{workdir} and {other}: a paired comparison needs two classes "
-                           "and the same labels")
-  thresholds = tuple(float(e.report["operating_point"].get("threshold", 0.5))
-                     for e in (ours, theirs))
   groups = record_groups(ours.records, ours.data_config)
   resamples = evaluation_config.get("bootstrap_resamples", 1000) or 1000
   level = evaluation_config.get("confidence_level", 0.95)
-  runs = [{"workdir": str(pathlib.Path(w).resolve()), "step": e.report["step"],
-           "threshold": threshold, **({"members": e.report["members"]} if "members" in e.report
-                                      else {})}
-          for w, e, threshold in zip((workdir, other), (ours, theirs), thresholds, strict=True)]
+  if "finding_names" in ours.report:  # Multilabel: ROC AUCs only, without thresholds.
+    if (ours.report["finding_names"] != theirs.report.get("finding_names")
+        or not np.array_equal(ours.labels, theirs.labels[order], equal_nan=True)):
+      raise errors.DataError(f"{workdir} and {other}: a paired comparison needs the same "
+                             "findings and labels")
+    sides = ({}, {})
+    a_minus_b = multilabel.paired_auc_difference(
+        ours.labels, ours.probs, theirs.probs[order], ours.report["finding_names"], groups,
+        resamples, level)
+  else:
+    if ours.probs.shape[1] != 2 or not np.array_equal(ours.labels, theirs.labels[order]):
+      raise errors.DataError(f"{workdir} and {other}: a paired comparison needs two classes "
+                             "and the same labels")
+    thresholds = tuple(float(e.report["operating_point"].get("threshold", 0.5))
+                       for e in (ours, theirs))
+    sides = tuple({"threshold": threshold} for threshold in thresholds)
+    a_minus_b = bootstrap.paired_difference(
+        ours.labels == 1, ours.probs[:, 1], theirs.probs[order, 1], thresholds, groups,
+        resamples, level)
+  runs = [{"workdir": str(pathlib.Path(w).resolve()), "step": e.report["step"], **side,
+           **({"members": e.report["members"]} if "members" in e.report else {})}
+          for w, e, side in zip((workdir, other), (ours, theirs), sides, strict=True)]
   comparison = {
       "split": split, "a": runs[0], "b": runs[1], "num_examples": len(paths),
       "level": level, "resamples": resamples, "unit": bootstrap.unit(groups),
-      "groups": len(set(groups)),
-      "a_minus_b": bootstrap.paired_difference(
-          ours.labels == 1, ours.probs[:, 1], theirs.probs[order, 1], thresholds, groups,
-          resamples, level)}
+      "groups": len(set(groups)), "a_minus_b": a_minus_b}
   name = (f"{trained.output_prefix(members)}compare_{split}_step{runs[0]['step']}_vs_"
           f"{pathlib.Path(other).resolve().name}_step{runs[1]['step']}.json")
   if jax.process_index() == 0:

@@ -149,31 +149,82 @@ def finding_intervals(
   if len(groups) != len(probs):
     raise ValueError(f"{len(groups)} groups for {len(probs)} images.")
   thresholds = _per_finding(thresholds, probs.shape[1])
-  names, group_of_image = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-  # Drawn per patient: an image's weight is its patient's count, gathered per finding.
-  draws = bootstrap.resample_weights(names, num_resamples, seed)
   columns = [_column(probs, labels, k) for k in range(probs.shape[1])]
   found = np.full((len(INTERVAL_FIGURES), num_resamples, probs.shape[1]), np.nan)
-  for start in range(0, num_resamples, _RESAMPLES_AT_ONCE):
-    chunk = draws[start:start + _RESAMPLES_AT_ONCE]
-    for k, (present, is_positive, scores) in enumerate(columns):
-      if not len(present):
-        continue
-      weights = np.take(chunk, group_of_image[present], axis=1)  # [resamples, images]
-      figures = bootstrap.resampled_figures(is_positive, scores, thresholds[k], weights)
-      for f, figure in enumerate(INTERVAL_FIGURES):
-        found[f, start:start + len(chunk), k] = figures[figure]
-  both = [k for k, (_, is_positive, _) in enumerate(columns) if _both_classes(is_positive)]
-  macro = found[:, :, both].mean(axis=2) if both else np.full(found.shape[:2], np.nan)
+  for resamples, k, weights in _resampled(columns, groups, num_resamples, seed):
+    _, is_positive, scores = columns[k]
+    figures = bootstrap.resampled_figures(is_positive, scores, thresholds[k], weights)
+    for f, figure in enumerate(INTERVAL_FIGURES):
+      found[f, resamples, k] = figures[figure]
+  macro = _mean_over(found, _findings_with_both_classes(columns))
   return {
       "level": level, "resamples": num_resamples, "unit": bootstrap.unit(groups),
-      "groups": len(names),
+      "groups": len(set(groups)),
       "per_finding": {name: {figure: bootstrap.percentile_interval(found[f, :, k], level)
                              for f, figure in enumerate(INTERVAL_FIGURES)}
                       for k, name in enumerate(finding_names)},
       "macro": {figure: bootstrap.percentile_interval(macro[f], level)
                 for f, figure in enumerate(INTERVAL_FIGURES)},
   }
+
+
+def _resampled(columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+               groups: Sequence[str], num_resamples: int, seed: int):
+  """Yields (a slice of the resamples, finding k, their weights [resamples, k's known
+  images]) for every finding with a known label: one draw of patients weighs all findings
+  (bootstrap.py's draws, the same for the same seed)."""
+  names, group_of_image = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+  # Drawn per patient: an image's weight is its patient's count, gathered per finding.
+  draws = bootstrap.resample_weights(names, num_resamples, seed)
+  for start in range(0, num_resamples, _RESAMPLES_AT_ONCE):
+    chunk = draws[start:start + _RESAMPLES_AT_ONCE]
+    for k, (present, _, _) in enumerate(columns):
+      if len(present):
+        yield slice(start, start + len(chunk)), k, np.take(chunk, group_of_image[present], axis=1)
+
+
+def _findings_with_both_classes(
+    columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[int]:
+  return [k for k, (_, is_positive, _) in enumerate(columns) if _both_classes(is_positive)]
+
+
+def paired_auc_difference(
+    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+    finding_names: Sequence[str], groups: Sequence[str], num_resamples: int = 1000,
+    level: float = 0.95, seed: int = 0,
+) -> dict[str, dict]:
+  """ROC AUC of A minus B on the same images and labels, per finding ("roc_auc_NAME") and
+  macro ("roc_auc_macro", over the findings with both classes), each with its paired
+  bootstrap interval and p-value (bootstrap.difference_summary): every resample draws one
+  set of patients that scores both models on every finding."""
+  probs_a, labels = _check(probs_a, labels, finding_names)
+  probs_b, _ = _check(probs_b, labels, finding_names)
+  columns = {side: [_column(probs, labels, k) for k in range(labels.shape[1])]
+             for side, probs in (("a", probs_a), ("b", probs_b))}
+  aucs = {side: np.array([metrics.roc_auc(is_positive, scores)
+                          for _, is_positive, scores in side_columns])
+          for side, side_columns in columns.items()}
+  resampled = {side: np.full((num_resamples, labels.shape[1]), np.nan) for side in columns}
+  for resamples, k, weights in _resampled(columns["a"], groups, num_resamples, seed):
+    for side, side_columns in columns.items():
+      _, is_positive, scores = side_columns[k]
+      resampled[side][resamples, k] = bootstrap.weighted_roc_auc(is_positive, scores, weights)
+  result = {f"roc_auc_{name}": bootstrap.difference_summary(
+      aucs["a"][k], aucs["b"][k], resampled["a"][:, k] - resampled["b"][:, k], level)
+      for k, name in enumerate(finding_names)}
+  both = _findings_with_both_classes(columns["a"])
+  macro = {side: (_mean_over(aucs[side], both), _mean_over(resampled[side], both))
+           for side in columns}
+  result["roc_auc_macro"] = bootstrap.difference_summary(
+      macro["a"][0], macro["b"][0], macro["a"][1] - macro["b"][1], level)
+  return result
+
+
+def _mean_over(values: np.ndarray, findings: Sequence[int]) -> np.ndarray:
+  """The mean of `values` [..., K] over `findings` (the last axis); NaN for none."""
+  if not findings:
+    return np.full(values.shape[:-1], np.nan)
+  return values[..., findings].mean(axis=-1)
 
 
 def plot_roc_per_finding(probs: np.ndarray, labels: np.ndarray, report: dict,
