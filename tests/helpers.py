@@ -422,6 +422,17 @@ def write_findings_npz(path: pathlib.Path, sizes=(("train", 384), ("val", 96), (
   return arrays
 
 
+def findings_trainer_command(workdir: pathlib.Path, npz_path: pathlib.Path,
+                             *flags: str) -> list[str]:
+  """`python -m xray_jax.main` on `configs/chestmnist.py:runlocal` reading a generated file of
+  FINDINGS (`write_findings_npz`) with a 2-block CNN on 16x16 images, logging to stderr."""
+  return [sys.executable, "-m", "xray_jax.main", "--alsologtostderr", f"--workdir={workdir}",
+          "--config=configs/chestmnist.py:runlocal,model=cnn",
+          f"--config.data.npz_path={npz_path}", "--config.data.checksum=",
+          f"--config.data.class_names={','.join(FINDINGS)}", "--config.data.image_size=16",
+          "--config.model.widths=4,8", "--config.model.dense=8", *flags]
+
+
 def chestmnist_config(npz_path: pathlib.Path) -> ml_collections.ConfigDict:
   """configs/chestmnist.py:runlocal reading a generated file of FINDINGS at 32 px."""
   config = load_config_module(REPO_ROOT / "configs" / "chestmnist.py").get_config(

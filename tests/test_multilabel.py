@@ -5,7 +5,6 @@ on generated findings."""
 import json
 import pathlib
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ from helpers import (
   REPO_ROOT,
   chestmnist_config,
   cpu_env,
+  findings_trainer_command,
   findings_training_config,
   write_findings_npz,
 )
@@ -299,15 +299,11 @@ def test_main_trains_findings_with_ema_and_mixup_on_eight_devices(tmp_path):
   write_findings_npz(tmp_path / "f.npz", (("train", 64), ("val", 32)))
   workdir = tmp_path / "work"
   result = subprocess.run(
-      [sys.executable, "-m", "xray_jax.main", "--alsologtostderr", f"--workdir={workdir}",
-       "--config=configs/chestmnist.py:runlocal,model=cnn",
-       f"--config.data.npz_path={tmp_path / 'f.npz'}", "--config.data.checksum=",
-       f"--config.data.class_names={','.join(FINDINGS)}", "--config.data.image_size=16",
-       "--config.model.widths=4,8", "--config.model.dense=8",
-       "--config.training.num_train_steps=4", "--config.training.eval_every_steps=2",
-       "--config.training.checkpoint_every_steps=2", "--config.training.ema_decay=0.9",
-       "--config.loss.mixup_alpha=0.4", "--config.loss.class_weights=balanced",
-       "--config.loss.uncertain=positive"],
+      findings_trainer_command(
+          workdir, tmp_path / "f.npz", "--config.training.num_train_steps=4",
+          "--config.training.eval_every_steps=2", "--config.training.checkpoint_every_steps=2",
+          "--config.training.ema_decay=0.9", "--config.loss.mixup_alpha=0.4",
+          "--config.loss.class_weights=balanced", "--config.loss.uncertain=positive"),
       cwd=REPO_ROOT, env=cpu_env(8), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "8 devices" in result.stderr
