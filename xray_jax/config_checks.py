@@ -15,7 +15,7 @@ from xray_jax.data import (
   intensity,
   tfds_builders,
 )
-from xray_jax.evaluators import metrics, multilabel, tta
+from xray_jax.evaluators import metrics, tta
 from xray_jax.models import common
 
 AUGMENT_ON = ("host", "device")  # Where data.augment runs: grain workers or the step.
@@ -146,7 +146,7 @@ def check_evaluation_config(evaluation: ml_collections.ConfigDict,
   require(evaluation.threshold_method in metrics.THRESHOLD_METHODS, "evaluation.threshold_method",
            evaluation.threshold_method, ", ".join(metrics.THRESHOLD_METHODS))
   if task.label_is_vector:
-    methods = ("fixed", *multilabel.CHOSEN_METHODS)
+    methods = ("fixed", *metrics.CHOSEN_METHODS)
     require(evaluation.threshold_method in methods, "evaluation.threshold_method",
             evaluation.threshold_method, f"{', '.join(methods)} with config.task={task.name!r} "
             "(robust is single-label only)")

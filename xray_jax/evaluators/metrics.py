@@ -208,6 +208,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
 # (config.evaluation.threshold_method): a fixed value, choose_threshold's two methods, or
 # robust_threshold over the validation split clean and under every stress-test shift.
 THRESHOLD_METHODS = ("fixed", "youden", "sensitivity", "robust")
+CHOSEN_METHODS = ("youden", "sensitivity")  # The methods of choose_threshold.
 
 
 def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, method: str,
@@ -218,7 +219,7 @@ def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, method: str,
   highest threshold whose sensitivity reaches target_sensitivity, i.e. the fewest false
   positives that meet the target.
   """
-  if method not in ("youden", "sensitivity"):
+  if method not in CHOSEN_METHODS:
     raise ValueError(f"Unknown threshold method {method!r}; expected 'youden' or 'sensitivity'.")
   fpr, tpr, thresholds = roc_curve(is_positive, scores)
   # Drop the leading infinite threshold: it predicts nothing positive and is no usable cut.

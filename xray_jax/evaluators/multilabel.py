@@ -16,7 +16,6 @@ from absl import logging
 from xray_jax.evaluators import bootstrap, metrics, plots
 
 DEFAULT_THRESHOLD = 0.5
-CHOSEN_METHODS = ("youden", "sensitivity")  # metrics.choose_threshold's methods.
 INTERVAL_FIGURES = ("roc_auc", "sensitivity", "specificity")
 _MACRO_FIGURES = ("roc_auc", "pr_auc", "sensitivity", "specificity")
 _LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "sensitivity": "sensitivity",
@@ -118,9 +117,10 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, method: str,
   """Per-finding thresholds by metrics.choose_threshold's `method` over each finding's known
   labels (on validation): {"method", "thresholds", "kept_default"}, where a finding without
   both classes keeps DEFAULT_THRESHOLD and its kept_default is True."""
-  if method not in CHOSEN_METHODS:
+  if method not in metrics.CHOSEN_METHODS:
     raise ValueError(f"Per-finding threshold method {method!r}: expected one of "
-                     f"{', '.join(CHOSEN_METHODS)} (pass fixed thresholds to finding_report).")
+                     f"{', '.join(metrics.CHOSEN_METHODS)} (pass fixed thresholds to "
+                     "finding_report).")
   probs, labels = _check(probs, labels)
   thresholds, kept_default = [], []
   for k in range(probs.shape[1]):
