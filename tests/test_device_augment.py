@@ -100,21 +100,32 @@ def _data_config(grayscale: bool) -> ml_collections.ConfigDict:
 
 
 @pytest.mark.parametrize("grayscale", [True, False])
-def test_batch_gets_its_own_draw_per_image_and_keeps_the_normalization(grayscale):
+def test_batch_gets_its_own_draw_per_image_and_is_normalized(grayscale):
   config = _data_config(grayscale)
   channels = 1 if grayscale else 3
-  normalized = (_pattern() - 0.5) / 0.25
-  images = jnp.broadcast_to(jnp.asarray(normalized)[None, ..., None], (4, SIZE, SIZE, channels))
+  images = jnp.broadcast_to(jnp.asarray(_pattern(), device_augment.STEP_INPUT_DTYPE),
+                            (4, SIZE, SIZE))
   augment_step = device_augment.step_augment(config)
   out = np.asarray(jax.jit(augment_step)(images, jax.random.key(3)))
   again = np.asarray(jax.jit(augment_step)(images, jax.random.key(3)))
   other = np.asarray(jax.jit(augment_step)(images, jax.random.key(4)))
-  assert out.shape == images.shape
+  assert out.shape == (4, SIZE, SIZE, channels) and out.dtype == np.float32
   np.testing.assert_array_equal(out, again)
   assert not np.allclose(out, other)
   assert all(not np.allclose(out[0], out[i]) for i in range(1, 4))
   np.testing.assert_array_equal(out, np.repeat(out[..., :1], channels, axis=-1))
   assert out.min() >= (0 - 0.5) / 0.25 - 1e-6 and out.max() <= (1 - 0.5) / 0.25 + 1e-6
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_without_augmentation_the_step_sees_the_hosts_normalized_images(grayscale):
+  config = _data_config(grayscale)
+  config.augment = no_augment()
+  gray = np.stack([_pattern(), 1 - _pattern()]).astype(device_augment.STEP_INPUT_DTYPE)
+  out = np.asarray(device_augment.augment_batch(jnp.asarray(gray), jax.random.key(0), config))
+  expected = (gray.astype(np.float32)[..., None] - 0.5) / 0.25
+  np.testing.assert_allclose(out, np.repeat(expected, 1 if grayscale else 3, axis=-1),
+                             atol=1e-5)
 
 
 def test_host_augmentation_has_no_step_augment():
@@ -131,10 +142,11 @@ def test_train_step_augments_with_a_key_of_its_step():
       name="sgd", learning_rate=0.1, weight_decay=0.0, momentum=0.0, nesterov=False,
       grad_clip_norm=0.0)), lambda step: 0.1)
   state = train.create_train_state(model, tx, (SIZE, SIZE, 1), 0, mesh)
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": np.repeat(((_pattern() - 0.5) / 0.25)[None, ..., None], 8, axis=0),
-      "label": rng.integers(0, 2, 8).astype(np.int32)}, mesh)
+  labels = np.random.default_rng(0).integers(0, 2, 8).astype(np.int32)
+  gray = np.repeat(_pattern()[None].astype(device_augment.STEP_INPUT_DTYPE), 8, axis=0)
+  batch = sharding.to_global_batch({"image": gray, "label": labels}, mesh)
+  normalized = sharding.to_global_batch(
+      {"image": (gray[..., None].astype(np.float32) - 0.5) / 0.25, "label": labels}, mesh)
   seen = []
   record = lambda images, key: (seen.append(None), device_augment.augment_batch(
       images, key, _data_config(True)))[1]
@@ -142,7 +154,7 @@ def test_train_step_augments_with_a_key_of_its_step():
   plain = train.make_train_step(mesh, **step_args)
   augmented = train.make_train_step(mesh, **step_args, augment=record)
   copy = lambda s: jax.tree.map(jnp.copy, s)  # The steps donate their state.
-  _, plain_metrics = plain(copy(state), batch)
+  _, plain_metrics = plain(copy(state), normalized)
   _, first = augmented(copy(state), batch)
   _, again = augmented(copy(state), batch)
   _, later = augmented(copy(state).replace(step=state.step + 1), batch)

@@ -88,7 +88,7 @@ class _Loaded:
   def __call__(self, index: int, record: Record) -> tuple[np.ndarray, labels.Label]:
     if self.cache is None:
       return self.preprocess.load(record), record["label"]
-    return self.cache[index % self.num_records].astype(np.float32), record["label"]
+    return self.cache[index % self.num_records], record["label"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,21 @@ class _Augmented:
 
   def __call__(self, loaded: tuple[np.ndarray, labels.Label],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return self.preprocess.finish(*loaded, self.augment_config, rng)
+    image, label = loaded
+    return self.preprocess.finish(image.astype(np.float32), label, self.augment_config, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unfinished:
+  """A loaded image as the train step's augmentation takes it (`device_augment`): gray
+  [S, S] in [0, 1] as float16, the image cache's type, neither augmented nor normalized, so
+  that the workers only read and batch, and each batch crosses to the device at 2 bytes a
+  pixel."""
+
+  def __call__(self, loaded: tuple[np.ndarray, labels.Label]) -> dict[str, np.ndarray]:
+    image, label = loaded
+    return {"image": image.astype(device_augment.STEP_INPUT_DTYPE, copy=False),
+            "label": labels.batch_label(label)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +129,7 @@ class _Views:
   def __call__(self, loaded: tuple[np.ndarray, labels.Label],
                rng: np.random.Generator) -> dict[str, np.ndarray]:
     image, label = loaded
+    image = image.astype(np.float32)
     return {"views": np.stack([self.preprocess.finish(image, label, self.augment_config, rng)
                                ["image"] for _ in range(self.count)])}
 
@@ -176,7 +191,9 @@ def create_train_dataset(
   With `data.balanced_sampling`, the smaller classes are oversampled to the largest one's
   count, so each class fills about the same share of every batch. With `data.cache_images`,
   each process first loads every record once (before augmentation) into a file that its
-  workers share, so every epoch only augments. With `views` > 1 (pretraining: host
+  workers share, so every epoch only augments. With `data.augment_on=device`, each "image"
+  is gray [S, S] float16 in [0, 1], for the train step to augment and normalize
+  (`device_augment.augment_batch`). With `views` > 1 (pretraining: host
   augmentation, labels unused), each example is {"views": [views, S, S, C]} instead, each
   view augmented independently.
   """
@@ -189,12 +206,12 @@ def create_train_dataset(
         data_config.read_threads, data_config.get("cache_dir") or None)
   ds = grain.MapDataset.source(records).map_with_index(_Loaded(preprocess, cache, len(records)))
   ds = ds.shuffle(seed=seed).repeat()
-  on_host = not device_augment.on_device(data_config)
   if views > 1:
     ds = ds.random_map(_Views(preprocess, data_config.augment, views), seed=seed)
+  elif device_augment.on_device(data_config):
+    ds = ds.map(_Unfinished())
   else:
-    ds = ds.random_map(_Augmented(preprocess, data_config.augment if on_host else None),
-                       seed=seed)
+    ds = ds.random_map(_Augmented(preprocess, data_config.augment), seed=seed)
   return _to_iter_dataset(_process_slices(ds, global_batch_size, process_index,
                                           process_count), data_config)
 

@@ -69,10 +69,13 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int):
+  """A train batch of random images as the input pipeline delivers them: normalized, or
+  gray in [0, 1] for the step to augment (`data.augment_on=device`)."""
   shape = (batch_size, *input_pipeline.input_shape(config.data))
   rng = np.random.default_rng(0)
-  return {"image": rng.normal(size=shape).astype(np.float32),
-          "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
+  images = (rng.uniform(size=shape[:-1]).astype(device_augment.STEP_INPUT_DTYPE)
+            if device_augment.on_device(config.data) else rng.normal(size=shape).astype(np.float32))
+  return {"image": images, "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
 class StepBenchmark:
