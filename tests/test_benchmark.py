@@ -89,11 +89,18 @@ def test_reference_gets_the_same_model_size_and_batch(tmp_path):
   assert result["train_img_per_s"] == 256.0
 
 
+def test_reference_gets_the_extra_arguments_last(tmp_path):
+  result = suite.run_torch_reference(_script(tmp_path, FAKE_REFERENCE), sys.executable,
+                                     "resnet50", 224, 256, 30, 16, ["--device=cuda", "--fast"])
+  assert result["argv"][1:3] == ["--model", "resnet50"]
+  assert result["argv"][-2:] == ["--device=cuda", "--fast"]
+
+
 @pytest.mark.parametrize("text, model, error, message", [
     ("raise ModuleNotFoundError(\"No module named 'torch'\")", "cnn", RuntimeError,
      r"pip install -e '\.\[bench\]'"),
     ("print('no result here')", "cnn", RuntimeError, "printed no RESULT line"),
-    (FAKE_REFERENCE, "resnet50", ValueError, "has no 'resnet50'"),
+    (FAKE_REFERENCE, "densenet121", ValueError, "has no 'densenet121'"),
 ])
 def test_reference_failures_are_explained(tmp_path, text, model, error, message):
   with pytest.raises(error, match=message):

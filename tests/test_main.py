@@ -40,6 +40,9 @@ def test_main_trains_writes_and_resumes(dataset_dir, tmp_path):
   first_lines = (workdir / "metrics.jsonl").read_text().splitlines()
   metrics = [json.loads(x) for x in first_lines]
   assert {"train/loss", "train/images_per_second"} <= set(metrics[0])
+  elapsed = [m["train/elapsed_seconds"] for m in metrics if "train/elapsed_seconds" in m]
+  assert len(elapsed) >= 2 and 0 < elapsed[0] < elapsed[-1]  # Counted from the start.
+  assert all("train/peak_device_memory_mib" not in m for m in metrics)  # None on a CPU.
   assert any("val/auc" in m for m in metrics)
   assert (workdir / "checkpoints" / "6").is_dir()
   assert "Resumed" not in result.stderr

@@ -6,11 +6,15 @@ measured in the same process, and on known accelerators the MFU.
       --config.training.global_batch_size=32 --steps=20 --json=/tmp/bench.json
   # with the input pipeline (JPEG decoding and augmentation, as in training)
   python -m xray_jax.benchmark --config=configs/pneumonia_cpu.py --data_dir=/path/to/chest_xray
-  # side by side with a plain-PyTorch reference script, alternating, 3 rounds
+  # side by side with the PyTorch reference, alternating, 3 rounds
   # (torch from pip install -e '.[bench]')
   python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet18,res=128 \
       --config.training.global_batch_size=32 --compare_torch \
-      --torch_script=/path/to/torch_reference.py --rounds=3
+      --torch_script=benchmarks/torch_reference.py --rounds=3
+  # on a GPU: bfloat16 against PyTorch's fast path (channels-last, autocast, torch.compile)
+  python -m xray_jax.benchmark --config=configs/pneumonia.py:model=resnet50 \
+      --config.model.dtype=bfloat16 --config.training.global_batch_size=256 --rounds=2 \
+      --compare_torch --torch_script=benchmarks/torch_reference.py --torch_args=--device=cuda,--fast
   # where the step's time goes: a profiler trace, summed per HLO instruction and kind
   python -m xray_jax.benchmark --config=configs/pneumonia.py --profile_dir=/tmp/profile
   # how long a checkpoint of the train state takes to save and to become final, 5 times
@@ -50,6 +54,9 @@ flags.DEFINE_string("torch_script", "", "The plain-PyTorch reference script (its
                     "command prints RESULT {json}); required with --compare_torch.")
 flags.DEFINE_integer("torch_threads", os.cpu_count() or 1, "--threads of the reference.")
 flags.DEFINE_string("torch_python", sys.executable, "Python that has torch installed.")
+flags.DEFINE_list("torch_args", [], "More arguments of the reference's speed command, "
+                  "comma separated: --device=cuda,--fast for benchmarks/torch_reference.py "
+                  "on a GPU.")
 flags.DEFINE_bool("huge_pages", False,
                   "Restart with glibc's malloc on transparent huge pages, as `xray_jax.main "
                   "--huge_pages` trains.")
@@ -77,7 +84,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.compare_torch:
     torch_reference = lambda: run_torch_reference(
         FLAGS.torch_script, FLAGS.torch_python, config.model.name, config.data.image_size,
-        config.training.global_batch_size, FLAGS.steps, FLAGS.torch_threads)
+        config.training.global_batch_size, FLAGS.steps, FLAGS.torch_threads, FLAGS.torch_args)
   if FLAGS.checkpoint_saves:
     results = checkpoint_speed(config, FLAGS.checkpoint_saves, FLAGS.num_classes,
                                FLAGS.checkpoint_dir)

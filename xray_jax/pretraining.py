@@ -20,6 +20,7 @@ the workdir lock and the metrics are the trainer's (`train.run_loop`).
 import dataclasses
 import functools
 import pathlib
+import time
 
 import jax
 import ml_collections
@@ -118,6 +119,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 
 
 def _pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
+  started = time.perf_counter()
   mesh = sharding.make_mesh()
   training = config.training
   sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
@@ -149,7 +151,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[
   step = train.jit_step(functools.partial(
       pretrain_step, schedule=schedule, temperature=config.pretrain.temperature), mesh)
   train.run_loop(workdir, training, state, step, train_iter, checkpointer, mesh, total_steps,
-                 steps_per_epoch)
+                 steps_per_epoch, started=started)
   logging.info("Finished pretraining at step %d. Checkpoints: %s. Next, fine-tune from it:\n"
                "  python -m xray_jax.main --config=configs/pneumonia_cpu.py "
                "--workdir=WORKDIR --config.data.dir=%s --config.finetune.init_from=%s",

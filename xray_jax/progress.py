@@ -6,10 +6,19 @@ import sys
 import time
 from collections.abc import Mapping
 
+import jax
 import tqdm
 from absl import logging
 
 from xray_jax import workdir as workdir_lib
+
+
+def peak_device_memory_mib() -> float | None:
+  """Peak memory in use on the first local device, where the backend reports it (GPU, TPU;
+  not the CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
 
 
 def format_duration(seconds: float) -> str:

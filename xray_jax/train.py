@@ -156,6 +156,18 @@ def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, f
   return means
 
 
+# Train metrics that measure the machine, not the training: they differ between runs.
+TIMING_METRICS = ("train/images_per_second", "train/elapsed_seconds",
+                  "train/peak_device_memory_mib")
+
+
+def _peak_device_memory() -> dict[str, float]:
+  """{"train/peak_device_memory_mib": MiB} of the first local device where the backend
+  reports it (GPU, TPU), else {}."""
+  peak = training_progress.peak_device_memory_mib()
+  return {} if peak is None else {"train/peak_device_memory_mib": peak}
+
+
 def _every(interval: int, steps_per_epoch: int) -> int:
   return steps_per_epoch if interval == -1 else interval
 
@@ -220,13 +232,16 @@ def run_loop(
     train_iter: grain.DatasetIterator, checkpointer: checkpointing.Checkpointer,
     mesh: jax.sharding.Mesh, total_steps: int, steps_per_epoch: int,
     evaluate: Callable[[Any], dict[str, dict[str, float]]] | None = None,
+    started: float | None = None,
 ) -> dict[str, float]:
   """Runs `step_fn` (state, global batch) -> (state, metrics) from the state's step to
   `total_steps` on batches of `train_iter`, the loop that supervised training and
   pretraining share.
 
   Writes the train metrics (loss, accuracy, grad_norm, learning_rate) every
-  `training.log_every_steps`, saves the state with the iterator's position every
+  `training.log_every_steps`, with the seconds since `started` (a `time.perf_counter()`
+  reading; none: since this call) and, where the backend reports it, the first device's peak
+  memory (TIMING_METRICS), saves the state with the iterator's position every
   `training.checkpoint_every_steps`, at the end and on a preemption notice or Ctrl-C (then
   raises `errors.Preempted` or `errors.Interrupted`), and, given `evaluate` (state -> each
   set's metrics), evaluates every `training.eval_every_steps` and at the end. Returns the
@@ -244,7 +259,8 @@ def run_loop(
   val_metrics: dict[str, float] = {}
   pending: list[dict[str, jax.Array]] = []
   logging.info("Compiling the train step; step %d follows", start_step + 1)
-  started = time.perf_counter()
+  loop_started = time.perf_counter()
+  started = loop_started if started is None else started
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = sharding.to_global_batch(next(train_iter), mesh)
@@ -254,7 +270,7 @@ def run_loop(
       if step == start_step + 1:
         jax.block_until_ready(metrics)
         logging.info("Step %d done in %.1f s, compilation included", step,
-                     time.perf_counter() - started)
+                     time.perf_counter() - loop_started)
       is_last = step == total_steps
       preempted = preemption_watcher.should_stop(step) and not is_last
       do_eval = ((step % eval_every == 0 or is_last) and not preempted
@@ -266,7 +282,9 @@ def run_loop(
         images_per_s = progress.report(step, train_metrics)
         writer.write(step, {
             **{f"train/{k}": v for k, v in train_metrics.items()},
-            "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s})
+            "train/epoch": step / steps_per_epoch, "train/images_per_second": images_per_s,
+            "train/elapsed_seconds": time.perf_counter() - started,
+            **_peak_device_memory()})
       if do_save:  # Before validation: a failure there must not lose the training.
         checkpointer.save(step, state, train_iter, on_schedule=step % checkpoint_every == 0)
       if do_eval:
@@ -323,6 +341,7 @@ def run_in_workdir(
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
+  started = time.perf_counter()  # train/elapsed_seconds counts data loading too.
   mesh = sharding.make_mesh()
   training = config.training
   sharding.check_batch_size(training.global_batch_size, mesh, "training.global_batch_size")
@@ -378,7 +397,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   val_metrics = run_loop(
       workdir, training, state, p_train_step, train_iter, checkpointer, mesh,
       total_steps, steps_per_epoch,
-      evaluate=lambda state: evaluate_all(evaluators, inference_variables(state)))
+      evaluate=lambda state: evaluate_all(evaluators, inference_variables(state)),
+      started=started)
   if jax.process_index() == 0:
     best = checkpointer.best_step()
     training_progress.log_summary(workdir, max(start_step, total_steps), best,

@@ -7,7 +7,7 @@ import pathlib
 import resource
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xray_jax import input_pipeline, losses, models, optimizers, sharding, train
+from xray_jax import input_pipeline, losses, models, optimizers, progress, sharding, train
 from xray_jax.data import device_augment, folder
 from xray_jax.speed import model_flops, step_profile
 
-TORCH_MODELS = ("cnn", "resnet18")  # The models the reference script defines.
+# The models of benchmarks/torch_reference.py (the peer script of the CPU comparisons has
+# the first two).
+TORCH_MODELS = ("cnn", "resnet18", "resnet50")
 # Dense bfloat16 peak TFLOP/s per chip, for MFU; chips not listed get none.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L4": 121.0,
                     "TPU v4": 275.0, "TPU v5e": 197.0, "TPU v5p": 459.0}
@@ -36,13 +38,6 @@ def process_usage() -> np.ndarray:
 def peak_rss_mib() -> float:
   """This process's peak resident memory (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_device_memory_mib() -> float | None:
-  """Peak memory in use on the first device, where the backend reports it (GPU, TPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else peak / 2**20
 
 
 def matmul_peak_gflops(size: int | None = None, repeats: int = 5) -> float:
@@ -148,8 +143,10 @@ def input_pipeline_speed(config: ml_collections.ConfigDict, data_dir: str,
 
 
 def run_torch_reference(script: str, python: str, model: str, size: int, batch: int,
-                        steps: int, threads: int) -> dict[str, Any]:
-  """Runs the reference's `speed` command and returns its RESULT record."""
+                        steps: int, threads: int,
+                        extra_args: Sequence[str] = ()) -> dict[str, Any]:
+  """Runs the reference's `speed` command (with `extra_args`, such as `--device=cuda` and
+  `--fast` for benchmarks/torch_reference.py) and returns its RESULT record."""
   path = pathlib.Path(script)
   if not path.is_file():
     raise FileNotFoundError(f"--torch_script={script}: no such file (the plain-PyTorch "
@@ -157,7 +154,7 @@ def run_torch_reference(script: str, python: str, model: str, size: int, batch: 
   if model not in TORCH_MODELS:
     raise ValueError(f"the PyTorch reference has no {model!r}; it has {', '.join(TORCH_MODELS)}")
   command = [python, str(path), "speed", "--model", model, "--size", str(size), "--batch",
-             str(batch), "--steps", str(steps), "--threads", str(threads)]
+             str(batch), "--steps", str(steps), "--threads", str(threads), *extra_args]
   done = subprocess.run(command, capture_output=True, text=True, check=False)
   if done.returncode != 0:
     hint = (" (install it: pip install -e '.[bench]')"
@@ -177,12 +174,12 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   """Measures `config` and returns the results as a flat record (plus per-round lists)."""
   bench = StepBenchmark(config, num_classes)
   bench.run(warmup)
-  per_round, torch_per_round = [], []
+  per_round, torch_rounds = [], []
   start_usage = process_usage()
   for _ in range(rounds):
     per_round.append(bench.batch_size * steps / sum(bench.run(steps)))
     if torch_reference is not None:
-      torch_per_round.append(torch_reference()["train_img_per_s"])
+      torch_rounds.append(torch_reference())
   cpu_s, system_s, page_faults = (process_usage() - start_usage) / (rounds * steps)
   train_images_per_s = float(np.median(per_round))
   results: dict[str, Any] = {
@@ -194,7 +191,8 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
       "train_cpu_s_per_step": float(cpu_s), "train_system_cpu_s_per_step": float(system_s),
       "train_page_faults_per_step": float(page_faults),
       "eval_images_per_s": bench.eval_images_per_s(eval_steps),
-      "peak_rss_mib": peak_rss_mib(), "peak_device_memory_mib": peak_device_memory_mib(),
+      "peak_rss_mib": peak_rss_mib(),
+      "peak_device_memory_mib": progress.peak_device_memory_mib(),
   }
   step_s = bench.batch_size / train_images_per_s
   results["gflop_per_step"] = bench.flops_per_step / 1e9
@@ -214,11 +212,24 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
   if profile_dir:
     results.update(_profile_results(bench.profile(profile_steps, profile_dir), step_s,
                                     profile_top))
-  if torch_per_round:
-    ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
-    results.update(torch_train_images_per_s_rounds=torch_per_round,
-                   torch_train_images_per_s=float(np.median(torch_per_round)),
-                   ratio_to_torch_rounds=ratios, ratio_to_torch=float(np.median(ratios)))
+  if torch_rounds:
+    results.update(_torch_results(per_round, torch_rounds))
+  return results
+
+
+def _torch_results(per_round: list[float],
+                   torch_rounds: list[dict[str, Any]]) -> dict[str, Any]:
+  """The reference's figures beside ours: train images/s and our ratio to it per round and
+  their medians, and its other figures (eval images/s, peak device memory, ...) where it
+  reports them, from its last round."""
+  torch_per_round = [record["train_img_per_s"] for record in torch_rounds]
+  ratios = [ours / theirs for ours, theirs in zip(per_round, torch_per_round, strict=True)]
+  results = dict(torch_train_images_per_s_rounds=torch_per_round,
+                 torch_train_images_per_s=float(np.median(torch_per_round)),
+                 ratio_to_torch_rounds=ratios, ratio_to_torch=float(np.median(ratios)))
+  for key in ("eval_img_per_s", "peak_device_memory_mib", "warmup_s", "torch", "fast"):
+    if key in torch_rounds[-1]:
+      results[f"torch_{key}"] = torch_rounds[-1][key]
   return results
 
 
