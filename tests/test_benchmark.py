@@ -66,6 +66,20 @@ def test_benchmark_reports_every_figure(dataset_dir, tmp_path):
   assert "ratio_to_torch" in table and "input_images_per_s" in table
 
 
+def test_step_that_augments_is_timed_on_gray_images_and_evaluated_on_model_inputs(dataset_dir):
+  config = tiny_config(dataset_dir)
+  config.data.augment_on = "device"
+  results = suite.benchmark(config, steps=2, warmup=1, eval_steps=1, data_dir=str(dataset_dir),
+                            input_batches=2)
+  assert results["train_images_per_s"] > 0 and results["eval_images_per_s"] > 0
+  assert results["input_over_train"] > 0
+  bench = suite.StepBenchmark(config, 2)
+  size = config.data.image_size
+  assert bench.batch["image"].shape == (8, size, size)
+  assert bench.batch["image"].dtype == np.float16
+  assert bench.eval_images.shape == (8, size, size, 1)
+
+
 def test_checkpoint_saves_are_timed_until_final(dataset_dir, tmp_path):
   (tmp_path / "disk").mkdir()
   results = checkpoint_speed.checkpoint_speed(tiny_config(dataset_dir), saves=2,

@@ -63,13 +63,15 @@ def _timed(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int):
-  """A train batch of random images as the input pipeline delivers them: normalized, or
-  gray in [0, 1] for the step to augment (`data.augment_on=device`)."""
+def _random_batch(config: ml_collections.ConfigDict, batch_size: int, num_classes: int,
+                  for_train_step: bool = True):
+  """A batch of random images as the input pipeline delivers them: normalized model inputs,
+  or for a train step that augments (`data.augment_on=device`) gray images in [0, 1]."""
   shape = (batch_size, *input_pipeline.input_shape(config.data))
   rng = np.random.default_rng(0)
   images = (rng.uniform(size=shape[:-1]).astype(device_augment.STEP_INPUT_DTYPE)
-            if device_augment.on_device(config.data) else rng.normal(size=shape).astype(np.float32))
+            if for_train_step and device_augment.on_device(config.data)
+            else rng.normal(size=shape).astype(np.float32))
   return {"image": images, "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
@@ -86,6 +88,8 @@ class StepBenchmark:
         self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
     host_batch = _random_batch(config, self.batch_size, num_classes)
     self.batch = sharding.to_global_batch(host_batch, mesh)
+    self.eval_images = sharding.to_global_batch(
+        _random_batch(config, self.batch_size, num_classes, for_train_step=False), mesh)["image"]
     start = time.perf_counter()
     step = train.make_train_step(
         mesh, schedule=schedule,
@@ -115,7 +119,7 @@ class StepBenchmark:
     """Inference (train=False) throughput on the same batch, after one untimed call."""
     variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
     predict = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
-    images = self.batch["image"]
+    images = self.eval_images
     jax.block_until_ready(predict(variables, images))
     seconds = sum(_timed(lambda: predict(variables, images)) for _ in range(batches))
     return batches * self.batch_size / seconds
