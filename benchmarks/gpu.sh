@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On one GPU machine, in one go (about 10 minutes on an H200 with 16 cores):
+# On one GPU machine, in one go:
 #  1. xray_jax next to PyTorch's fast path (benchmarks/torch_reference.py --fast) on the
 #     same GPU: the CNN, ResNet-18 and ResNet-50 at 224 px, bfloat16, batch 256, alternating,
 #     2 rounds, each of ours with a profile of its step;

@@ -1,6 +1,6 @@
-"""launch/: every script passes shellcheck, and the TPU VM launcher makes the right gcloud
-calls in the right order (a recording fake gcloud on PATH), stops on a failed step, and
-recreates a preempted TPU."""
+"""launch/ and benchmarks/: every script passes shellcheck, and the TPU VM launcher makes
+the right gcloud calls in the right order (a recording fake gcloud on PATH), stops on a
+failed step, and recreates a preempted TPU."""
 
 import os
 import pathlib
@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from helpers import REPO_ROOT
 
-SCRIPTS = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "launch").rglob("*")
+SCRIPTS = sorted(str(p.relative_to(REPO_ROOT))
+                 for folder in ("launch", "benchmarks") for p in (REPO_ROOT / folder).rglob("*")
                  if p.suffix in (".sh", ".sbatch"))
 
 # Records each call; fails the first FAKE_TIMES calls that contain FAKE_FAIL with
@@ -40,7 +41,8 @@ DELETE = "compute tpus tpu-vm delete xray-v5e --zone=us-west4-a --quiet"
 
 @pytest.mark.cluster("shellcheck")
 def test_shellcheck_passes_on_every_launcher():
-  assert {"launch/local.sh", "launch/tpu_vm.sh", "launch/slurm/train.sbatch"} <= set(SCRIPTS)
+  assert {"launch/local.sh", "launch/tpu_vm.sh", "launch/slurm/train.sbatch",
+          "benchmarks/gpu.sh"} <= set(SCRIPTS)
   result = subprocess.run(["shellcheck", "--shell=bash", *SCRIPTS], cwd=REPO_ROOT,
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout
