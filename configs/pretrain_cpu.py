@@ -7,9 +7,10 @@ r"""Self-supervised pretraining (SimCLR) of configs/pneumonia_cpu.py's backbone,
       --config.data.balanced_sampling=True
 
 Pretrains on the train part of the split that the supervised run carves (same data
-fields), without labels; about 35 minutes on 2 quiet cores (docs/training.md). The fine-tuning
-above, with class balance, is the recipe for a new acquisition (README, docs/results.md). Accepts the same config
-args as pneumonia.py (`runlocal`, `model=`, `res=`).
+fields), without labels; about 35 minutes on 2 quiet cores (docs/training.md). The
+fine-tuning above, with class balance, is the recipe for a new acquisition (README,
+docs/results.md). Accepts the same config args as pneumonia.py (`runlocal`, `model=`,
+`res=`).
 """
 
 import ml_collections
