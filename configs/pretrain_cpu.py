@@ -46,6 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     return config
   config.training.global_batch_size = 64  # 128 views a step: 126 negatives for each.
-  # 20 epochs beat 8 on the external set (docs/results.md, Self-supervised pretraining).
+  # 20 epochs beat 8 on the external set (docs/results.md, Levers on the external set).
   config.training.num_epochs = 20.0
   return config
