@@ -21,6 +21,12 @@ from xray_jax import config_args
 BATCH_NORM_FIELDS = dict(
     batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
 )
+# Style randomization in feature space, every family: MixStyle (Zhou et al. 2021) after the
+# first two stages, with this probability per training batch (0: off; the paper uses 0.5).
+STYLE_FIELDS = dict(
+    style_mixing=0.0,
+    style_mixing_alpha=0.1,  # Beta(alpha, alpha) draws each image's blend weight.
+)
 # Each model family's own fields, the ones a user tunes, passed to its constructor.
 MODEL_FIELDS = {
     "cnn": dict(
@@ -31,6 +37,7 @@ MODEL_FIELDS = {
         dense=(256,),  # Hidden dense layers of the head.
         dropout=0.3,  # Dropout rate before each dense layer of the head.
         **BATCH_NORM_FIELDS,
+        **STYLE_FIELDS,
     ),
     "resnet": dict(
         width=64,  # Channels of the first stage; doubled at every stage.
@@ -42,6 +49,7 @@ MODEL_FIELDS = {
         stem="auto",
         dropout=0.0,  # Dropout rate before the classifier.
         **BATCH_NORM_FIELDS,
+        **STYLE_FIELDS,
     ),
     "densenet": dict(
         width=64,  # Channels of the stem.
@@ -50,6 +58,7 @@ MODEL_FIELDS = {
         stem="auto",  # As the ResNets' stem: imagenet, small, fast or auto.
         dropout=0.0,  # Dropout rate before the classifier.
         **BATCH_NORM_FIELDS,
+        **STYLE_FIELDS,
     ),
 }
 

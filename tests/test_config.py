@@ -55,6 +55,8 @@ def test_parse_arg_types_and_errors():
     ("training.global_batch_size", 0, "training.global_batch_size=0"),
     ("training.eval_every_steps", 0, "training.eval_every_steps=0"),
     ("model.pooling", "mean", "model.pooling='mean'"),
+    ("model.style_mixing", 1.5, "model.style_mixing=1.5: expected a probability"),
+    ("model.style_mixing_alpha", 0.0, "model.style_mixing_alpha=0.0: expected a positive"),
     ("data.group_pattern", "person\\d+", "data.group_pattern='person"),
     ("data.group_pattern", "(person", "data.group_pattern"),
     ("data.cache_dir", "/nonexistent/cache", "data.cache_dir='/nonexistent/cache'"),

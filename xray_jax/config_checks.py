@@ -92,6 +92,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name == "cnn":
     require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",
              config.model.pooling, "avg, max or flatten")
+  require(0 <= config.model.get("style_mixing", 0.0) <= 1, "model.style_mixing",
+          config.model.get("style_mixing"), "a probability in [0, 1]; 0 disables MixStyle")
+  require(config.model.get("style_mixing_alpha", 0.1) > 0, "model.style_mixing_alpha",
+          config.model.get("style_mixing_alpha"), "a positive Beta parameter, e.g. 0.1")
   family = config_args.model_family(config.model.name)
   if family in ("resnet", "densenet"):
     stem = config.model.get("stem", "imagenet")

@@ -23,6 +23,8 @@ class ClassicCNN(nn.Module):
   dropout: float = 0.3
   dtype: Any = jnp.float32
   batch_norm_momentum: float = 0.9
+  style_mixing: float = 0.0  # MixStyle's probability per batch after the first blocks; 0: off.
+  style_mixing_alpha: float = 0.1
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -38,6 +40,7 @@ class ClassicCNN(nn.Module):
       if block == len(self.widths) - 1:
         x = common.expose_features(self, x)
       x = pooling.max_pool(x, (2, 2), strides=(2, 2))
+      x = common.mix_styles(x, block, self.style_mixing, self.style_mixing_alpha, train)
     if self.pooling == "avg":
       x = jnp.mean(x, axis=(1, 2))
     elif self.pooling == "max":

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from xray_jax.models import pooling
@@ -18,6 +19,47 @@ def expose_features(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
   those collections are requested."""
   module.sow("intermediates", FEATURES, x)
   return module.perturb(FEATURES, x)
+
+
+# MixStyle acts after this many of the first stages (ResNet stages, CNN blocks, dense blocks):
+# the paper's choice for classification (Zhou et al. 2021: after res1 and res2).
+STYLE_MIXING_STAGES = 2
+
+
+class MixStyle(nn.Module):
+  """Style randomization in feature space (MixStyle, Zhou et al. 2021). In training, with
+  `probability` per batch, each image's per-channel feature mean and standard deviation are
+  replaced by a Beta(alpha, alpha) blend of its own and those of another image of the batch,
+  its normalized content kept (the statistics pass no gradient). Identity in inference."""
+
+  probability: float
+  alpha: float = 0.1
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    if not train or self.probability <= 0:
+      return x
+    apply_key, weight_key, partner_key = jax.random.split(self.make_rng("dropout"), 3)
+    features = x.astype(jnp.float32)
+    mean = jax.lax.stop_gradient(features.mean(axis=(1, 2), keepdims=True))
+    std = jax.lax.stop_gradient(
+        jnp.sqrt(features.var(axis=(1, 2), keepdims=True) + self.epsilon))
+    weight = jax.random.beta(weight_key, self.alpha, self.alpha, (x.shape[0], 1, 1, 1))
+    partner = jax.random.permutation(partner_key, x.shape[0])
+    mixed_mean = weight * mean + (1 - weight) * mean[partner]
+    mixed_std = weight * std + (1 - weight) * std[partner]
+    styled = ((features - mean) / std * mixed_std + mixed_mean).astype(x.dtype)
+    return jnp.where(jax.random.uniform(apply_key) < self.probability, styled, x)
+
+
+def mix_styles(x: jnp.ndarray, stage: int, probability: float, alpha: float,
+               train: bool) -> jnp.ndarray:
+  """`x`, the output of stage `stage` (from 0), through MixStyle if it is one of the first
+  STYLE_MIXING_STAGES and `probability` > 0. Call it inside a compact module."""
+  if probability <= 0 or stage >= STYLE_MIXING_STAGES:
+    return x
+  return MixStyle(probability, alpha)(x, train)
 
 
 def pooled_head(module: nn.Module, x: jnp.ndarray, num_classes: int, dropout: float,

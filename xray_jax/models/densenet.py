@@ -41,6 +41,8 @@ class DenseNet(nn.Module):
   dtype: Any = jnp.float32
   batch_norm_momentum: float = 0.9
   stem: str = "imagenet"  # One of common.STEMS.
+  style_mixing: float = 0.0  # MixStyle's probability per batch after the first blocks; 0: off.
+  style_mixing_alpha: float = 0.1
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -56,6 +58,7 @@ class DenseNet(nn.Module):
         # Odd sizes round up (an edge window averages the pixels it has), so small inputs
         # keep a feature map through every transition.
         x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME", count_include_pad=False)
+      x = common.mix_styles(x, block, self.style_mixing, self.style_mixing_alpha, train)
     x = nn.relu(norm()(x))
     return common.pooled_head(self, x, self.num_classes, self.dropout, train, self.dtype)
 

@@ -59,6 +59,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   batch_norm_momentum: float = 0.9
   stem: str = "imagenet"  # One of common.STEMS. Runs saved before this field used "imagenet".
+  style_mixing: float = 0.0  # MixStyle's probability per batch after the first stages; 0: off.
+  style_mixing_alpha: float = 0.1
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -69,6 +71,7 @@ class ResNet(nn.Module):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         x = self.block(self.width * 2**stage, strides, norm=norm, conv=conv)(x)
+      x = common.mix_styles(x, stage, self.style_mixing, self.style_mixing_alpha, train)
     return common.pooled_head(self, x, self.num_classes, self.dropout, train, self.dtype)
 
 
