@@ -21,10 +21,9 @@ from xray_jax import config_args
 BATCH_NORM_FIELDS = dict(
     batch_norm_momentum=0.9,  # BatchNorm running statistics: m * old + (1 - m) * batch.
 )
-# Style randomization in feature space, every family: MixStyle (Zhou et al. 2021) after the
-# first two stages, with this probability per training batch (0: off; the paper uses 0.5).
+# Style randomization in feature space, every family: MixStyle (Zhou et al. 2021).
 STYLE_FIELDS = dict(
-    style_mixing=0.0,
+    style_mixing=0.0,  # MixStyle after the first two stages: probability per batch; 0: off.
     style_mixing_alpha=0.1,  # Beta(alpha, alpha) draws each image's blend weight.
 )
 # Each model family's own fields, the ones a user tunes, passed to its constructor.
