@@ -124,7 +124,9 @@ def _preempt_and_resume(slurm, workdir, job: str) -> None:
       unexpected_since = unexpected_since or time.monotonic()
       assert time.monotonic() - unexpected_since < 60, f"the job is {state} for 60 s"
     assert time.monotonic() < deadline, f"the job is {state}, not COMPLETED, after 300 s"
-    if state == "PENDING":
+    # Not before the first run's step has ended on the node: slurmd refuses to launch a job
+    # whose old step is still finishing ("already killed"), and the job then fails.
+    if state == "PENDING" and f"[{job}.0] done with job" in slurm.logs():
       slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
     time.sleep(0.5)
   resumed_log = workdir / "logs" / f"train_{job}_r1_0.log"
