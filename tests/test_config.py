@@ -133,6 +133,8 @@ def test_unknown_model_name_is_reported():
     ("pneumonia_3class.py", "cnn", "loss.class_weights", "# Viral cases are the smallest"),
     ("pneumonia_cpu.py", "resnet18", "data.num_workers", "# Decoding in threads of the main"),
     ("pneumonia_cpu.py", "resnet18", "model.dropout", "# Dropout rate before the classifier."),
+    ("finetune_cpu.py", "resnet18", "model.style_mixing", "# MixStyle on half the batches"),
+    ("finetune_cpu.py", "cnn", "model.style_mixing", "# MixStyle on half the batches"),
     ("pneumonia.py", "cnn", "model.dropout", "# Dropout rate before each dense layer"),
     ("pneumonia.py", "densenet121", "model.growth_rate", "# Channels that each dense layer"),
     ("pneumonia.py", "densenet121", "model.width", "# Channels of the stem."),
