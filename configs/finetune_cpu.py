@@ -13,9 +13,9 @@ r"""Fine-tuning of configs/pretrain_cpu.py's backbone: the recipe for a new acqu
 
 configs/pneumonia_cpu.py with the normal films oversampled and MixStyle. A labeled sample of
 the new acquisition (`data.eval_sets`, FOLDER/{CLASS}/*) chooses each run's checkpoint; without
-one, drop the last two overrides and `--split`. About 6 minutes a seed on 2 quiet cores
-(docs/results.md, The recipe for a new acquisition). Accepts the same config args as
-pneumonia.py (`runlocal`, `model=`, `res=`).
+one, drop the last two overrides, `--split` and `--checkpoint=best` (final checkpoints). About
+6 minutes a seed on 2 quiet cores (docs/results.md, The recipe for a new acquisition). Accepts
+the same config args as pneumonia.py (`runlocal`, `model=`, `res=`).
 """
 
 import ml_collections

@@ -4,7 +4,7 @@ r"""Self-supervised pretraining (SimCLR) of configs/pneumonia_cpu.py's backbone.
       --config.data.dir=/path/to/chest_xray
 
 Pretrains on the train part of the split that the supervised run carves (same data
-fields), without labels; about 65 minutes on 2 quiet cores (docs/training.md). Its
+fields), without labels; about 70 minutes on 2 quiet cores (docs/training.md). Its
 workdir feeds `finetune.init_from` of configs/finetune_cpu.py, the recipe for a new
 acquisition (README, docs/results.md). Accepts the same config args as pneumonia.py
 (`runlocal`, `model=`, `res=`).
