@@ -61,3 +61,26 @@ def test_members_must_share_the_validation_images(trained_workdir, tmp_path):
     evaluation.evaluate_checkpoint(workdir, "val", "latest",
                                    trained.load_config(workdir).evaluation,
                                    members=[trained.load(other)])
+
+
+def test_checkpoints_of_one_run_make_an_ensemble_each_counted_once(trained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  evaluation_config = trained.load_config(workdir).evaluation
+  singles = []
+  for step in (2, 4, 6):
+    evaluation.evaluate_checkpoint(workdir, "test", step, evaluation_config)
+    singles.append(_probs(workdir / "eval" / f"test_step{step}_predictions.csv"))
+  assert not np.allclose(singles[0], singles[2])  # The checkpoints differ.
+  members = trained.load_members([f"{workdir}:2", f"{workdir}:4"], "latest")
+  report = evaluation.evaluate_checkpoint(workdir, "test", "latest", evaluation_config,
+                                          members=members)
+  assert report["members"] == [f"{workdir}:2", f"{workdir}:4"]
+  ensemble = _probs(workdir / "eval" / "ensemble_test_step6_predictions.csv")
+  np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), atol=2e-6)
+  loaded = classifier.load(workdir, ensemble=[f"{workdir}:2", f"{workdir}:4"])
+  assert loaded.threshold == report["operating_point"]["threshold"]
+
+  twice = trained.load_members([f"{workdir}:4", str(workdir)], 4)
+  with pytest.raises(errors.DataError, match="step 4 is in the ensemble twice"):
+    evaluation.evaluate_checkpoint(workdir, "test", 2, evaluation_config, members=twice)

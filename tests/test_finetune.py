@@ -35,11 +35,16 @@ def _leaves(tree) -> dict[str, np.ndarray]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def test_parse_init_from():
-  assert finetune.parse_init_from("/runs/a") == ("/runs/a", "latest")
-  assert finetune.parse_init_from("/runs/a:best") == ("/runs/a", "best")
-  assert finetune.parse_init_from("/runs/a:40") == ("/runs/a", "40")
-  assert finetune.parse_init_from("C:/runs/a") == ("C:/runs/a", "latest")
+def test_parse_run_reads_an_optional_checkpoint_after_the_last_colon():
+  assert trained.parse_run("/runs/a") == ("/runs/a", "latest")
+  assert trained.parse_run("/runs/a:best") == ("/runs/a", "best")
+  assert trained.parse_run("/runs/a:40") == ("/runs/a", "40")
+  assert trained.parse_run("/runs/a", default="best") == ("/runs/a", "best")
+  # A colon that names no checkpoint belongs to the path.
+  assert trained.parse_run("C:/runs/a") == ("C:/runs/a", "latest")
+  assert trained.parse_run("gs://bucket/runs/a") == ("gs://bucket/runs/a", "latest")
+  assert trained.parse_run("gs://bucket/runs/a:730") == ("gs://bucket/runs/a", "730")
+  assert trained.parse_run("/runs/seed:0b") == ("/runs/seed:0b", "latest")
 
 
 def test_frozen_backbone_keeps_the_source_weights_and_trains_a_new_head(source_run, tmp_path):

@@ -232,9 +232,9 @@ def _saliency(model, variables: dict, batch: dict[str, jax.Array]) -> dict[str, 
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
          batch_size: int = 32, ensemble: Sequence[str | pathlib.Path] = ()) -> Classifier:
   """The classifier of a training run's checkpoint ("latest", "best" or a step), averaged
-  with the same checkpoint of the `ensemble` workdirs if any."""
+  with the `ensemble` members if any: WORKDIR[:CHECKPOINT], by default at `checkpoint`."""
   mesh = sharding.make_mesh()
-  members = [trained.load(w, checkpoint, mesh) for w in ensemble]
+  members = trained.load_members([str(w) for w in ensemble], checkpoint, mesh)
   return Classifier(trained.load(workdir, checkpoint, mesh), batch_size, mesh, members)
 
 

@@ -2,7 +2,8 @@ r"""Evaluates checkpoints of a training run, as a separate job.
 
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 [--config=configs/pneumonia.py] \
       [--split=val|test|NAME] [--checkpoint=best|latest|STEP] \
-      [--watch | --stress | --ensemble=W2,W3] [--compare=OTHER_WORKDIR[:CHECKPOINT]]
+      [--watch | --stress | --ensemble=W2[:CHECKPOINT],W3,...] \
+      [--compare=OTHER_WORKDIR[:CHECKPOINT]]
   python -m xray_jax.evaluate --workdir=/tmp/xray/run1 --config=SOURCE_CONFIG \
       --label_map=OUTPUT=LABEL,... [--split=val|test|NAME]
 
@@ -43,8 +44,9 @@ flags.DEFINE_bool("stress", False, "Stress test: the validation split under acqu
                   "(exposure, contrast, blur, noise, JPEG, resolution, framing), 3 severities "
                   "each; writes eval/stress_step{N}.json and .png.")
 flags.DEFINE_integer("stress_seed", 0, "--stress: seeds the noise shift.")
-flags.DEFINE_list("ensemble", [], "Other workdirs (same validation images) whose probabilities "
-                  "are averaged with --workdir's, each at --checkpoint; writes "
+flags.DEFINE_list("ensemble", [], "Runs whose probabilities are averaged with --workdir's: "
+                  "each WORKDIR[:CHECKPOINT] (default --checkpoint), another run on the same "
+                  "validation images or another checkpoint of this one; writes "
                   "eval/ensemble_* in --workdir.")
 flags.DEFINE_string("compare", None, "Another run's workdir, optionally :CHECKPOINT (default "
                     "--checkpoint): both evaluated on --split's images, then each figure's "
@@ -72,8 +74,8 @@ def _evaluation_config(workdir) -> ml_collections.ConfigDict:
 
 
 def _members(mesh) -> list[trained.TrainedRun]:
-  """The runs of --ensemble, at --checkpoint."""
-  return [trained.load(w, FLAGS.checkpoint, mesh) for w in FLAGS.ensemble]
+  """The members of --ensemble, each at its checkpoint or --checkpoint."""
+  return trained.load_members(FLAGS.ensemble, FLAGS.checkpoint, mesh)
 
 
 @cli.exit_on_interrupt("reports are written whole or not at all; the evaluation in progress "
@@ -110,10 +112,10 @@ def main(argv: list[str]) -> None:
                                        FLAGS.checkpoint, evaluation_config, label_map,
                                        FLAGS.data_dir, mesh, _members(mesh))
     elif FLAGS.compare:
-      other, _, other_checkpoint = FLAGS.compare.partition(":")
+      other, other_checkpoint = trained.parse_run(FLAGS.compare, FLAGS.checkpoint)
       mesh = sharding.make_mesh()
       evaluation.compare_runs(FLAGS.workdir, other, FLAGS.split,
-                              (FLAGS.checkpoint, other_checkpoint or FLAGS.checkpoint),
+                              (FLAGS.checkpoint, other_checkpoint),
                               evaluation_config, FLAGS.data_dir, mesh, _members(mesh))
     else:
       mesh = sharding.make_mesh()

@@ -22,15 +22,6 @@ from xray_jax.data import splits as splits_lib
 from xray_jax.data.splits import Splits
 
 
-def parse_init_from(init_from: str) -> tuple[str, str]:
-  """(workdir, checkpoint) of `finetune.init_from` = WORKDIR[:CHECKPOINT]; the checkpoint is
-  latest, best or a step number (default latest)."""
-  workdir, _, checkpoint = init_from.rpartition(":")
-  if not workdir or "/" in checkpoint:  # No checkpoint given (a colon may sit in the path).
-    return init_from, "latest"
-  return workdir, checkpoint
-
-
 def _merge(fresh: Any, source: Any, prefix: str, loaded: list[str], skipped: list[str]) -> Any:
   """`fresh` with every leaf that `source` has at the same path and shape replaced."""
   def pick(path, leaf):
@@ -52,7 +43,7 @@ def check_validation_unseen(init_from: str, data_config: ml_collections.ConfigDi
   """Raises ConfigError when `init_from` is a pretraining run on the same images that did
   not hold out all of the validation split carved now (other data.val_fraction, split_seed
   or group_pattern): its training images include some of this run's validation images."""
-  workdir, _ = parse_init_from(init_from)
+  workdir, _ = trained.parse_run(init_from)
   held_out = splits_lib.saved_validation(workdir)
   if splits.new_split is None or held_out is None:
     return  # Validation is the source's own val split, or not carved by the source.
@@ -70,7 +61,7 @@ def check_validation_unseen(init_from: str, data_config: ml_collections.ConfigDi
 def load_source(state: Any, init_from: str, mesh: jax.sharding.Mesh) -> Any:
   """`state` with the matching parameters and statistics of the run `init_from` names (its
   moving average, if it kept one); logs what was loaded and what was not."""
-  workdir, checkpoint = parse_init_from(init_from)
+  workdir, checkpoint = trained.parse_run(init_from)
   try:
     step, variables = trained.load_variables(workdir, checkpoint, mesh)
   except errors.XrayError as e:

@@ -45,9 +45,10 @@ flags.DEFINE_string("saliency_of", None, "--saliency_dir: Grad-CAM of this findi
                     "decided class).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
-flags.DEFINE_list("ensemble", [], "Other workdirs whose probabilities are averaged with "
-                  "--workdir's (same classes and preprocessing); the threshold is the one "
-                  "`evaluate --ensemble` chose for the same members.")
+flags.DEFINE_list("ensemble", [], "Runs whose probabilities are averaged with --workdir's "
+                  "(same classes and preprocessing), each WORKDIR[:CHECKPOINT] (default "
+                  "--checkpoint); the threshold is the one `evaluate --ensemble` chose for "
+                  "the same members.")
 flags.mark_flags_as_required(["workdir"])
 
 

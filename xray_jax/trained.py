@@ -159,6 +159,22 @@ def _restore(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   return step, dict(variables)
 
 
+def parse_run(spec: str, default: str = "latest") -> tuple[str, str]:
+  """(workdir, checkpoint) of WORKDIR[:CHECKPOINT], the checkpoint latest, best or a step
+  number; `default` when none is given (a colon elsewhere belongs to the path)."""
+  workdir, _, checkpoint = spec.rpartition(":")
+  if workdir and (checkpoint in ("latest", "best") or checkpoint.isdigit()):
+    return workdir, checkpoint
+  return spec, default
+
+
+def load_members(specs: Sequence[str], checkpoint: str | int = "latest",
+                 mesh: jax.sharding.Mesh | None = None) -> list[TrainedRun]:
+  """The ensemble members `specs` name, each WORKDIR[:CHECKPOINT] (default `checkpoint`):
+  other runs, or other checkpoints of the same run."""
+  return [load(*parse_run(spec, str(checkpoint)), mesh) for spec in specs]
+
+
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
          mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
   """Rebuilds the model from the run's saved config and restores its variables only, for
