@@ -84,3 +84,5 @@ def test_checkpoints_of_one_run_make_an_ensemble_each_counted_once(trained_workd
   twice = trained.load_members([f"{workdir}:4", str(workdir)], 4)
   with pytest.raises(errors.DataError, match="step 4 is in the ensemble twice"):
     evaluation.evaluate_checkpoint(workdir, "test", 2, evaluation_config, members=twice)
+  with pytest.raises(errors.DataError, match="step 6 is in the ensemble twice"):
+    classifier.load(workdir, ensemble=[f"{workdir}:2", f"{workdir}:6"])

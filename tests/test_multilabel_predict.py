@@ -113,7 +113,8 @@ def test_predict_gives_each_findings_probability_and_decision(findings_run, held
   assert loaded.decisions(probs) == [[n for n, d in zip(FINDINGS, row, strict=True) if d]
                                      for row in decided]
   # An ensemble averages the members' sigmoids.
-  other = dataclasses.replace(run, variables=jax.tree.map(lambda x: 0.9 * x, run.variables))
+  other = dataclasses.replace(run, workdir=tmp_path / "scaled",
+                              variables=jax.tree.map(lambda x: 0.9 * x, run.variables))
   records = [{"path": p, "label": 0} for p in paths]
   other_probs = classifier.Classifier(other).predict_records(records)
   assert np.abs(other_probs - probs).max() > 0.05

@@ -156,6 +156,7 @@ class Classifier:
     self.temperature = trained.load_temperature(run, members)
     self._mesh = mesh or sharding.make_mesh()
     self.preprocess = input_pipeline.Preprocess.from_config(run.config.data)
+    trained.check_each_once(run, members)
     for member in members:
       if (member.class_names != run.class_names or tasks.get(member.config) != self.task
           or input_pipeline.Preprocess.from_config(member.config.data) != self.preprocess):

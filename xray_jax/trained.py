@@ -175,6 +175,17 @@ def load_members(specs: Sequence[str], checkpoint: str | int = "latest",
   return [load(*parse_run(spec, str(checkpoint)), mesh) for spec in specs]
 
 
+def check_each_once(run: TrainedRun, members: Sequence[TrainedRun]) -> None:
+  """DataError if a checkpoint (workdir and step) is in the ensemble of `run` and `members`
+  twice: it would count double."""
+  seen = {(run.workdir.resolve(), run.step)}
+  for member in members:
+    if (member.workdir.resolve(), member.step) in seen:
+      raise errors.DataError(f"{member.workdir} at step {member.step} is in the ensemble "
+                             "twice: name each checkpoint once")
+    seen.add((member.workdir.resolve(), member.step))
+
+
 def load(workdir: str | pathlib.Path, checkpoint: str | int = "latest",
          mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
   """Rebuilds the model from the run's saved config and restores its variables only, for

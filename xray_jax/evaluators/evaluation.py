@@ -273,12 +273,8 @@ def ensemble_predictor(
 def check_members(run: trained.TrainedRun, members: Sequence[trained.TrainedRun]) -> None:
   """Ensemble members must share the task, the classes and the validation images of `run`,
   and each count once."""
-  seen = {(run.workdir.resolve(), run.step)}
+  trained.check_each_once(run, members)
   for member in members:
-    if (member.workdir.resolve(), member.step) in seen:
-      raise errors.DataError(f"{member.workdir} at step {member.step} is in the ensemble "
-                             "twice: name each checkpoint once")
-    seen.add((member.workdir.resolve(), member.step))
     if member.task != run.task:
       raise errors.DataError(f"{member.workdir}: config.task={member.task.name!r}, "
                              f"{run.workdir}'s is {run.task.name!r}")
