@@ -1,5 +1,6 @@
 """`python -m xray_jax.main` as a user runs it, in a separate process."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -140,4 +141,15 @@ def test_the_trainer_loads_neither_the_evaluation_job_nor_plotting():
           f"== 'matplotlib' or m in {job}))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
-  assert result.stdout.strip() == "[]"
+  assert result.stdout.strip() == "False"
+
+
+def test_the_trainer_starts_without_importing_torch():
+  """torch (installed with the `bench` extra) costs each process seconds: TensorBoard's
+  writer would import it, and scalars need none."""
+  assert importlib.util.find_spec("torch") is not None  # The test extra installs it.
+  program = "import sys, xray_jax.main; print('torch' in sys.modules)"
+  result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == "False"

@@ -1,13 +1,32 @@
 """Scalar metrics as JSON lines and TensorBoard events in the workdir."""
 
+import contextlib
 import json
 import pathlib
-from collections.abc import Mapping
-
-import tensorboardX
+import sys
+from collections.abc import Iterator, Mapping
 
 from xray_jax import storage
 from xray_jax import workdir as workdir_lib
+
+
+@contextlib.contextmanager
+def _hidden(module: str) -> Iterator[None]:
+  """`import module` fails inside, unless it was imported already."""
+  if module in sys.modules:
+    yield
+    return
+  sys.modules[module] = None  # type: ignore[assignment]
+  try:
+    yield
+  finally:
+    del sys.modules[module]
+
+
+# tensorboardX imports torch where it is installed, only to accept its tensors; that costs
+# every process seconds, and scalars need none.
+with _hidden("torch"):
+  import tensorboardX
 
 
 def _step_of(line: str) -> int | None:
