@@ -1,10 +1,28 @@
-"""Shared fixtures: 8 CPU devices, parsed absl flags, small generated datasets, and the
-`cluster` marker's check for system tools."""
+"""Shared settings and fixtures: 8 CPU devices, a compilation cache for the session,
+SIGINT delivered, parsed absl flags, small generated datasets, and the `cluster` marker's
+check for system tools."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import signal
+import tempfile
 
-import jax
+# Compiled programs go to an on-disk cache for the session, which the trainer subprocesses
+# share: the suite's many tiny runs of the same model compile each program once.
+_XLA_CACHE = tempfile.mkdtemp(prefix="xray_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+# The Ctrl-C tests need SIGINT delivered, here and in the processes started, also where the
+# suite runs as a script's background job, which starts with SIGINT ignored.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
+import jax  # noqa: E402
 
 # Every test sees 8 devices, so the trainer's sharded path is what the suite exercises.
 jax.config.update("jax_num_cpu_devices", 8)

@@ -31,7 +31,7 @@ RUN = [f"--config.training.num_train_steps={STEPS}", "--config.training.log_ever
        "--config.training.eval_every_steps=250",
        f"--config.training.checkpoint_every_steps={EVERY}", "--config.training.keep_checkpoints=2"]
 # Kills that cut a save short, and starts for each: a save may end before its kill lands.
-SAVE_KILLS, TRIES = 4, 3
+SAVE_KILLS, TRIES = 3, 3
 
 
 def _saves_in_flight(workdir) -> set[str]:
@@ -138,8 +138,8 @@ def test_sigkill_at_random_moments_then_rerun_is_bit_identical(dataset_dir, tmp_
       attempt = Attempt(workdir, dataset_dir, next(logs))
       resumed_from.append(attempt.resumed_from)
       attempt.kill_at_step(attempt.resumed_from + 1 + int(rng.integers(10, 40)))
-  # The seeded steps put 4 of the 6 kills after a save: starts from 5 steps or more.
-  assert len(set(resumed_from)) >= 5, f"the starts resumed from steps {resumed_from}"
+  # The seeded steps put 3 of the 4 kills after a save: starts from 4 steps or more.
+  assert len(set(resumed_from)) >= 4, f"the starts resumed from steps {resumed_from}"
 
   last = subprocess.run(trainer_command(workdir, dataset_dir, *RUN), cwd=REPO_ROOT,
                         env=cpu_env(2), capture_output=True, text=True, timeout=600)
