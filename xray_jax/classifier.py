@@ -148,6 +148,7 @@ class Classifier:
   def __init__(self, run: trained.TrainedRun, batch_size: int = 32,
                mesh: jax.sharding.Mesh | None = None,
                members: Sequence[trained.TrainedRun] = ()):
+    trained.check_each_once(run, members)
     self.run = run
     self.class_names = run.class_names
     self.task = tasks.get(run.config)
@@ -156,7 +157,6 @@ class Classifier:
     self.temperature = trained.load_temperature(run, members)
     self._mesh = mesh or sharding.make_mesh()
     self.preprocess = input_pipeline.Preprocess.from_config(run.config.data)
-    trained.check_each_once(run, members)
     for member in members:
       if (member.class_names != run.class_names or tasks.get(member.config) != self.task
           or input_pipeline.Preprocess.from_config(member.config.data) != self.preprocess):
