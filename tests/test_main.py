@@ -134,14 +134,16 @@ def test_a_terminal_gets_a_progress_bar(dataset_dir, tmp_path):
   assert "training: 100%" in screen and "6/6" in screen and "step/s" in screen
 
 
-def test_the_trainer_loads_neither_the_evaluation_job_nor_plotting_nor_torch():
+def test_the_trainer_loads_neither_the_evaluation_job_nor_libraries_it_may_not_need():
   """One file, one job: training imports the in-loop evaluator, not the checkpoint job; and
-  not torch (installed with the `bench` extra), which TensorBoard's writer would import at a
-  cost of seconds a process, though scalars need none."""
+  no library a run of image files does not use, each seconds or tenths a process: plotting;
+  torch (installed with the `bench` extra), which TensorBoard's writer would import though
+  scalars need none; pydicom, loaded with the first DICOM; TFDS, with the `tfds` source."""
   assert importlib.util.find_spec("torch") is not None  # The test extra installs it.
   job = ("xray_jax.evaluators.evaluation", "xray_jax.evaluators.plots", "xray_jax.classifier")
+  libraries = ("matplotlib", "torch", "pydicom", "tensorflow_datasets")
   code = ("import sys, xray_jax.main; print(sorted(m for m in sys.modules if m.split('.')[0] "
-          f"in ('matplotlib', 'torch') or m in {job}))")
+          f"in {libraries} or m in {job}))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
   assert result.stdout.strip() == "[]"

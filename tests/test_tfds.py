@@ -182,6 +182,8 @@ def test_training_on_a_tfds_dataset(tmp_path):
 
 
 def test_config_check_names_an_unknown_tfds_name(tmp_path):
+  registered = {builder.name for builder in tfds_builders._XrayBuilder.__subclasses__()}
+  assert registered == set(datasets.TFDS_BUILDERS)  # What the check accepts, TFDS can load.
   config = _tfds_config(tmp_path, tmp_path, tfds_name="mnist")
   with pytest.raises(errors.ConfigError, match="config.data.tfds_name='mnist': expected one of"):
     config_checks.check_config(config)

@@ -8,12 +8,12 @@ import ml_collections
 from xray_jax import config_args, errors, labels, losses, tasks
 from xray_jax.data import (
   csv_source,
-  dicom,
+  datasets,
   download,
   eval_sets,
   image_check,
+  images,
   intensity,
-  tfds_builders,
 )
 from xray_jax.evaluators import metrics, tta
 from xray_jax.models import common
@@ -59,8 +59,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            "a fraction in (0, 1)")
   require(_group_count(data.group_pattern) >= 1, "data.group_pattern", data.group_pattern,
            "a regular expression with a group (the patient id)")
-  require(data.dicom_multiframe in dicom.MULTIFRAME_MODES, "data.dicom_multiframe",
-           data.dicom_multiframe, " or ".join(dicom.MULTIFRAME_MODES))
+  require(data.dicom_multiframe in images.DICOM_MULTIFRAME_MODES, "data.dicom_multiframe",
+           data.dicom_multiframe, " or ".join(images.DICOM_MULTIFRAME_MODES))
   require(data.check_images in image_check.MODES, "data.check_images", data.check_images,
            ", ".join(image_check.MODES))
   require(not data.checksum or _is_checksum(data.checksum), "data.checksum", data.checksum,
@@ -70,8 +70,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if data.source == "npz":
     require(bool(data.npz_path), "data.npz_path", data.npz_path, "an npz file path or URL")
   if data.source in ("tfds", "auto"):
-    require(data.tfds_name.split("/")[0] in tfds_builders.BUILDERS, "data.tfds_name",
-             data.tfds_name, f"one of {', '.join(tfds_builders.BUILDERS)} (NAME/CONFIG)")
+    require(data.tfds_name.split("/")[0] in datasets.TFDS_BUILDERS, "data.tfds_name",
+             data.tfds_name, f"one of {', '.join(datasets.TFDS_BUILDERS)} (NAME/CONFIG)")
   cache_dir = data.get("cache_dir", "")
   require(not cache_dir or pathlib.Path(cache_dir).is_dir(), "data.cache_dir", cache_dir,
            "empty (the system's temporary folder) or an existing folder")

@@ -6,8 +6,11 @@ from collections.abc import Callable
 import ml_collections
 
 from xray_jax import errors
-from xray_jax.data import csv_source, dicom_csv, folder, label_rules, npz, splits, tfds_builders
+from xray_jax.data import csv_source, dicom_csv, folder, label_rules, npz, splits
 from xray_jax.data.splits import Splits
+
+# The TFDS datasets of the `tfds` source, which xray_jax.data.tfds_builders registers.
+TFDS_BUILDERS = ("chest_xray_pneumonia", "pneumonia_mnist")
 
 
 def load_folder_splits(
@@ -41,6 +44,14 @@ def load_auto_splits(
   """
   if data_config.dir:
     return load_folder_splits(data_config, workdir)
+  return load_tfds_splits(data_config, workdir)
+
+
+def load_tfds_splits(data_config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Splits:
+  """The TFDS dataset `data.tfds_name`, prepared on first use. TensorFlow Datasets (0.3 s to
+  import) and the builders load here, not with the trainer."""
+  from xray_jax.data import tfds_builders
+
   return tfds_builders.load_tfds_splits(data_config, workdir)
 
 
@@ -53,7 +64,7 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path, bool], Spl
     "dicom_csv": dicom_csv.load_dicom_csv_splits,
     "csv": csv_source.load_csv_splits,
     "npz": npz.load_npz_splits,
-    "tfds": tfds_builders.load_tfds_splits,
+    "tfds": load_tfds_splits,
     "auto": load_auto_splits,
 }
 

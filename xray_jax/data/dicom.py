@@ -11,16 +11,11 @@ import pydicom
 from pydicom import pixels
 
 from xray_jax import errors
-
-# config.data.dicom_multiframe: use the first frame of a multi-frame file, or refuse it.
-MULTIFRAME_MODES = ("first", "error")
+from xray_jax.data.images import DICOM_MULTIFRAME_MODES, LUMA
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Colour encodings pydicom decodes to RGB.
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
-
-# ITU-R 601-2 luma, the weights PIL uses for colour JPEG/PNG files.
-LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def read_dicom(path: str | pathlib.Path, multiframe: str = "first") -> np.ndarray:
@@ -29,8 +24,8 @@ def read_dicom(path: str | pathlib.Path, multiframe: str = "first") -> np.ndarra
   Monochrome: modality LUT, then the first VOI LUT or window (else min-max of the modality
   values), with MONOCHROME1 inverted. Colour: luminance of the RGB values.
   """
-  if multiframe not in MULTIFRAME_MODES:
-    raise ValueError(f"multiframe={multiframe!r}; expected one of {MULTIFRAME_MODES}")
+  if multiframe not in DICOM_MULTIFRAME_MODES:
+    raise ValueError(f"multiframe={multiframe!r}; expected one of {DICOM_MULTIFRAME_MODES}")
   ds = _read_dataset(path)
   if "PixelData" not in ds:
     raise errors.DataError(f"{path}: no pixel data (not an image, or a truncated file)")

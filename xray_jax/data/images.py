@@ -6,10 +6,13 @@ import numpy as np
 import PIL.Image
 
 from xray_jax import errors
-from xray_jax.data import dicom
 
 # Pillow's modes of 16-bit gray files.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# config.data.dicom_multiframe: use the first frame of a multi-frame DICOM file, or refuse it.
+DICOM_MULTIFRAME_MODES = ("first", "error")
+# ITU-R 601-2 luma, the weights PIL uses for colour JPEG/PNG files.
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def load_image(path: str, size: int, dicom_multiframe: str = "first") -> np.ndarray:
@@ -28,6 +31,8 @@ def decode_file(path: str, dicom_multiframe: str = "first") -> PIL.Image.Image:
   preprocesses identically.
   """
   if pathlib.Path(path).suffix.lower() == ".dcm":
+    from xray_jax.data import dicom  # pydicom (0.4 s to import) loads with the first DICOM.
+
     return PIL.Image.fromarray(dicom.read_dicom(path, dicom_multiframe))
   try:
     with PIL.Image.open(path) as image:
@@ -48,7 +53,7 @@ def array_picture(image: np.ndarray) -> PIL.Image.Image:
   if image.dtype == np.uint8:
     return PIL.Image.fromarray(image).convert("L")
   pixels = image.astype(np.float32)
-  return PIL.Image.fromarray(pixels @ dicom.LUMA.astype(np.float32) if pixels.ndim == 3
+  return PIL.Image.fromarray(pixels @ LUMA.astype(np.float32) if pixels.ndim == 3
                              else pixels)
 
 

@@ -23,7 +23,6 @@ from xray_jax import errors
 from xray_jax.data import download, folder, npz, splits
 from xray_jax.data.records import Record
 
-BUILDERS = ("chest_xray_pneumonia", "pneumonia_mnist")  # Names registered below.
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 FILE_FORMAT = "array_record"  # Random access without TensorFlow, through tfds.data_source.
 
