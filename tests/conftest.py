@@ -1,6 +1,6 @@
-"""Shared settings and fixtures: 8 CPU devices, a compilation cache for the session,
-SIGINT delivered, parsed absl flags, small generated datasets, and the `cluster` marker's
-check for system tools."""
+"""Shared settings and fixtures: worker processes, 8 CPU devices, a compilation cache for the
+session, SIGINT delivered, parsed absl flags, small generated datasets, and the `cluster`
+marker's check for system tools."""
 
 import atexit
 import os
@@ -9,10 +9,14 @@ import shutil
 import signal
 import tempfile
 
-# Compiled programs go to an on-disk cache for the session, which the trainer subprocesses
-# share: the suite's many tiny runs of the same model compile each program once.
-_XLA_CACHE = tempfile.mkdtemp(prefix="xray_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# Compiled programs go to an on-disk cache for the session, which the test workers and the
+# trainer subprocesses share: the suite's many tiny runs of the same model compile each
+# program once. The first process (pytest, which starts the workers) makes and removes it.
+_XLA_CACHE = os.environ.get("XRAY_JAX_TESTS_XLA_CACHE")
+if _XLA_CACHE is None:
+  _XLA_CACHE = os.environ["XRAY_JAX_TESTS_XLA_CACHE"] = tempfile.mkdtemp(
+      prefix="xray_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -32,6 +36,12 @@ from absl import flags  # noqa: E402
 from helpers import cluster_test_verdict, make_dataset, tiny_config  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+  """Workers for `-n auto` (pyproject's addopts): one per core, 4 at most, as each holds
+  about 3 GB and many tests start trainer processes of their own."""
+  return min(len(os.sched_getaffinity(0)), 4)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
