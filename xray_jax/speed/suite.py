@@ -84,8 +84,10 @@ class StepBenchmark:
     self.model = models.create_model(config.model, num_classes)
     schedule = optimizers.create_learning_rate_schedule(config.optimizer, 100, 1000)
     tx = optimizers.create_optimizer(config.optimizer, schedule)
-    self.state = train.create_train_state(
-        self.model, tx, input_pipeline.input_shape(config.data), 0, mesh)
+    start = time.perf_counter()
+    self.state = jax.block_until_ready(train.create_train_state(
+        self.model, tx, input_pipeline.input_shape(config.data), 0, mesh))
+    self.init_s = time.perf_counter() - start
     host_batch = _random_batch(config, self.batch_size, num_classes)
     self.batch = sharding.to_global_batch(host_batch, mesh)
     self.eval_images = sharding.to_global_batch(
@@ -190,7 +192,7 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 2,
       "model": config.model.name, "image_size": config.data.image_size,
       "batch_size": bench.batch_size, "dtype": config.model.dtype,
       "platform": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-      "devices": jax.device_count(), "compile_s": bench.compile_s,
+      "devices": jax.device_count(), "init_s": bench.init_s, "compile_s": bench.compile_s,
       "train_images_per_s": train_images_per_s, "train_images_per_s_rounds": per_round,
       "train_cpu_s_per_step": float(cpu_s), "train_system_cpu_s_per_step": float(system_s),
       "train_page_faults_per_step": float(page_faults),
