@@ -1,10 +1,17 @@
-"""The shared image cache: rows equal the loaded images, workers fill it, its file goes away."""
+"""The shared image cache: rows equal the loaded images, workers fill it, its file goes away,
+and a killed builder's folder with the next build."""
 
 import gc
+import os
+import pathlib
 import pickle
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 from test_data import data_config
 
 from xray_jax import errors, input_pipeline
@@ -69,4 +76,43 @@ def test_cache_file_goes_to_data_cache_dir(dataset_dir, tmp_path):
   (tmp_path / "cache").mkdir()
   iterator = iter(input_pipeline.create_train_dataset(records, config, 8, seed=0))
   next(iterator)
-  assert [p.name for p in (tmp_path / "cache").glob("xray_jax_images_*/*")] == ["images.npy"]
+  assert sorted(p.name for p in (tmp_path / "cache").glob("xray_jax_images_*/*")) == [
+      "images.npy", "owner.lock"]
+
+
+_BUILD_AND_WAIT = """if True:
+    import sys, time
+    import numpy as np
+    from xray_jax.data import image_cache
+    cache = image_cache.ImageCache.build(
+        [{"path": "a", "label": 1}], lambda record: np.ones((4, 4)), (4, 4), 0, 1, sys.argv[1])
+    print(cache.path, flush=True)
+    time.sleep(300)
+"""
+
+
+def _backdate(folder: pathlib.Path, seconds: float) -> None:
+  then = time.time() - seconds
+  os.utime(folder, (then, then))
+
+
+def test_the_next_build_removes_the_folder_of_a_killed_builder_only(tmp_path):
+  directory, load = tmp_path / "cache", lambda record: np.zeros((4, 4))
+  directory.mkdir()
+  killed = subprocess.Popen([sys.executable, "-c", _BUILD_AND_WAIT, str(directory)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+  orphan = pathlib.Path(killed.stdout.readline().strip()).parent
+  killed.kill()  # SIGKILL: no clean-up ran.
+  killed.wait()
+  assert (orphan / "images.npy").is_file()
+  live = image_cache.ImageCache.build([{"path": "b", "label": 0}], load, (4, 4), 0, 1,
+                                      str(directory))
+  assert orphan.is_dir()  # Made within the last minute: its builder may not have locked it.
+  stranger = directory / f"{image_cache.PREFIX}without_a_lock"
+  stranger.mkdir()
+  for made in (orphan, live.path.parent, stranger):
+    _backdate(made, 120)
+  again = image_cache.ImageCache.build([{"path": "c", "label": 0}], load, (4, 4), 0, 1,
+                                       str(directory))
+  assert not orphan.exists()
+  assert live.path.is_file() and again.path.is_file() and stranger.is_dir()

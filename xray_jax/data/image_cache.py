@@ -6,8 +6,13 @@ over the pipeline's worker processes, and writes the results as float16 rows of 
 in a temporary folder. Workers map that file read-only, so the operating system holds one
 copy for the whole process tree, where a cache inside each worker would hold one per worker
 and fill only as each worker happened to meet each image.
+
+The building process holds a lock on a file in that folder while it lives. A process killed
+before its clean-up (SIGKILL, the OOM killer) leaves its folder behind: the next build in the
+same directory removes every such folder whose lock is free.
 """
 
+import fcntl
 import math
 import os
 import pathlib
@@ -26,6 +31,10 @@ from xray_jax.data import workers
 from xray_jax.data.records import Record
 
 DTYPE = np.float16  # Images in [0, 1]: rounding moves a pixel by at most 2.5e-4.
+PREFIX = "xray_jax_images_"  # Of the cache folders.
+_OWNER_LOCK = "owner.lock"  # In each folder, locked by the process that built it.
+# A folder younger than this may be one whose builder has not locked it yet.
+_ORPHAN_MIN_AGE_S = 60
 
 
 class _LoadOne:
@@ -65,11 +74,14 @@ class ImageCache:
     shape = (len(records), *image_shape)
     what = f"the cache of {len(records)} training images (config.data.cache_dir)"
     directory = pathlib.Path(directory or tempfile.gettempdir())
+    remove_orphans(directory)
     storage.require_free_space(directory, math.prod(shape) * np.dtype(DTYPE).itemsize, what)
     with storage.writing(directory, what):
-      folder = pathlib.Path(tempfile.mkdtemp(prefix="xray_jax_images_", dir=directory))
+      folder = pathlib.Path(tempfile.mkdtemp(prefix=PREFIX, dir=directory))
+      owner = os.open(folder / _OWNER_LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+      fcntl.flock(owner, fcntl.LOCK_EX)  # Released by the kernel when this process ends.
       cache = cls(folder / "images.npy")
-      interrupts.clean_up_on_exit_now(weakref.finalize(cache, shutil.rmtree, folder, True))
+      interrupts.clean_up_on_exit_now(weakref.finalize(cache, _remove, folder, owner))
       rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, shape)
       _allocate(cache.path)
     start = time.perf_counter()
@@ -94,3 +106,30 @@ class ImageCache:
 
   def __setstate__(self, state: dict) -> None:
     self.path, self._rows = state["path"], None
+
+
+def _remove(folder: pathlib.Path, owner: int) -> None:
+  shutil.rmtree(folder, ignore_errors=True)
+  os.close(owner)
+
+
+def remove_orphans(directory: pathlib.Path) -> None:
+  """Removes the cache folders in `directory` that outlived the process that built them:
+  their owner lock is free (a folder without one is left alone, as is one made within the
+  last minute)."""
+  for folder in directory.glob(f"{PREFIX}*"):
+    try:
+      if time.time() - folder.stat().st_mtime < _ORPHAN_MIN_AGE_S:
+        continue
+      lock = os.open(folder / _OWNER_LOCK, os.O_RDONLY)
+    except OSError:  # No lock file, or the folder went away meanwhile.
+      continue
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      continue  # Its builder lives.
+    finally:
+      os.close(lock)
+    shutil.rmtree(folder, ignore_errors=True)
+    logging.info("Removed %s, the image cache of a process that ended without removing it",
+                 folder)
