@@ -12,6 +12,7 @@ before its clean-up (SIGKILL, the OOM killer) leaves its folder behind: the next
 same directory removes every such folder whose lock is free.
 """
 
+import contextlib
 import fcntl
 import math
 import os
@@ -79,7 +80,8 @@ class ImageCache:
     with storage.writing(directory, what):
       folder = pathlib.Path(tempfile.mkdtemp(prefix=PREFIX, dir=directory))
       owner = os.open(folder / _OWNER_LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
-      fcntl.flock(owner, fcntl.LOCK_EX)  # Released by the kernel when this process ends.
+      with contextlib.suppress(OSError):  # A filesystem without locks: never swept.
+        fcntl.flock(owner, fcntl.LOCK_EX)  # Released by the kernel when this process ends.
       cache = cls(folder / "images.npy")
       interrupts.clean_up_on_exit_now(weakref.finalize(cache, _remove, folder, owner))
       rows = np.lib.format.open_memmap(cache.path, "w+", DTYPE, shape)
@@ -126,8 +128,8 @@ def remove_orphans(directory: pathlib.Path) -> None:
       continue
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      continue  # Its builder lives.
+    except OSError:
+      continue  # Its builder lives (or the filesystem has no locks).
     finally:
       os.close(lock)
     shutil.rmtree(folder, ignore_errors=True)
