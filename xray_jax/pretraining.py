@@ -153,7 +153,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[
   train.run_loop(workdir, training, state, step, train_iter, checkpointer, mesh, total_steps,
                  steps_per_epoch, started=started)
   logging.info("Finished pretraining at step %d. Checkpoints: %s. Next, fine-tune from it:\n"
-               "  python -m xray_jax.main --config=configs/pneumonia_cpu.py "
+               "  python -m xray_jax.main --config=configs/finetune_cpu.py "
                "--workdir=WORKDIR --config.data.dir=%s --config.finetune.init_from=%s",
                max(start_step, total_steps), workdir / workdir_lib.CHECKPOINTS,
                config.data.dir, workdir)
