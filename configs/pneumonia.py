@@ -198,6 +198,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.rotation_degrees = 10.0  # Uniform rotation in [-r, r] degrees.
   config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];
   config.data.augment.scale_max = 1.1  # > 1 zooms in (a random crop, resized back).
+  # Proportions: the height times s and the width divided by s, log s uniform in [-a, a]
+  # (0.2: 0.82 to 1.22); 0 keeps them. A chest's proportions vary with age and inspiration.
+  config.data.augment.stretch = 0.0
   config.data.augment.translate_fraction = 0.08  # Shift of up to this fraction of the size.
   config.data.augment.hflip_prob = 0.0  # Chest films have a laterality: off by default.
   config.data.augment.brightness = 0.1  # Uniform offset in [-b, b] on the [0, 1] scale.

@@ -263,7 +263,7 @@ def no_augment(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       rotation_degrees=0.0, scale_min=1.0, scale_max=1.0, translate_fraction=0.0,
       hflip_prob=0.0, brightness=0.0, contrast=0.0, crop_area_min=1.0, gamma=0.0,
-      blur_sigma=0.0, noise_std=0.0, intensity_ramp=0.0))
+      blur_sigma=0.0, noise_std=0.0, intensity_ramp=0.0, stretch=0.0))
   config.update(overrides)
   return config
 

@@ -52,6 +52,7 @@ def test_parse_arg_types_and_errors():
 @pytest.mark.parametrize("key, value, message", [
     ("data.val_fraction", 1.5, "data.val_fraction=1.5"),
     ("data.augment.scale_min", 0.0, "data.augment.scale_min"),
+    ("data.augment.stretch", -0.1, "data.augment.stretch=-0.1: expected a value in"),
     ("training.global_batch_size", 0, "training.global_batch_size=0"),
     ("training.eval_every_steps", 0, "training.eval_every_steps=0"),
     ("model.pooling", "mean", "model.pooling='mean'"),

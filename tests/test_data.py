@@ -128,6 +128,31 @@ def test_affine_geometry_rotates_about_the_centre_and_shifts():
   assert np.argwhere(warp(0, 1, 0, 1) > 0.5).tolist() == [[2, 4]]
 
 
+def _extent(image: np.ndarray) -> tuple[int, int]:
+  rows, cols = np.nonzero(image > 0.5)
+  return int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1
+
+
+def test_stretch_changes_the_proportions_and_keeps_the_area():
+  box = np.zeros((64, 64), np.float32)
+  box[22:42, 12:52] = 1.0  # 20 rows, 40 columns.
+  assert augment._inverse_affine(64, 7, 1.1, 2, -3, 1.0) == augment._inverse_affine(
+      64, 7, 1.1, 2, -3)
+  taller = PIL.Image.fromarray(box, mode="F").transform(
+      (64, 64), PIL.Image.Transform.AFFINE, augment._inverse_affine(64, 0, 1, 0, 0, 1.25),
+      resample=PIL.Image.Resampling.BILINEAR)
+  height, width = _extent(np.asarray(taller))
+  assert abs(height - 20 * 1.25) <= 1 and abs(width - 40 / 1.25) <= 1
+  ratios = []
+  for seed in range(8):
+    out = augment.augment_image(box, no_augment(stretch=0.2), np.random.default_rng(seed))
+    height, width = _extent(out)
+    ratios.append(height / width)
+    assert abs(height * width - 800) < 0.1 * 800
+    assert np.exp(-0.2) ** 2 * 0.5 - 0.06 <= ratios[-1] <= np.exp(0.2) ** 2 * 0.5 + 0.06
+  assert min(ratios) < 0.45 and max(ratios) > 0.55  # Both ways, not only one.
+
+
 def test_flip_and_intensity_augmentations():
   image = np.linspace(0, 1, 81, dtype=np.float32).reshape(9, 9)
   flipped = augment.augment_image(image, no_augment(hflip_prob=1.0), np.random.default_rng(0))

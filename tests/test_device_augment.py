@@ -25,17 +25,19 @@ def _whole_image() -> tuple[float, ...]:
   return (0.0, 0.0, float(SIZE), float(SIZE))
 
 
-@pytest.mark.parametrize("angle, scale, shift_x, shift_y", [
-    (7.0, 1.08, 3.0, -2.0), (-10.0, 0.9, -1.5, 2.5), (90.0, 1.0, 0.0, 0.0)])
-def test_warp_reads_the_image_as_pils_affine_transform(angle, scale, shift_x, shift_y):
+@pytest.mark.parametrize("angle, scale, shift_x, shift_y, stretch", [
+    (7.0, 1.08, 3.0, -2.0, 1.0), (-10.0, 0.9, -1.5, 2.5, 1.0), (90.0, 1.0, 0.0, 0.0, 1.0),
+    (12.0, 1.05, 1.0, -2.0, 1.2), (-5.0, 0.95, 0.0, 1.5, 0.85)])
+def test_warp_reads_the_image_as_pils_affine_transform(angle, scale, shift_x, shift_y,
+                                                        stretch):
   image = _pattern()
   expected = PIL.Image.fromarray(image, mode="F").transform(
       (SIZE, SIZE), PIL.Image.Transform.AFFINE,
-      augment._inverse_affine(SIZE, angle, scale, shift_x, shift_y),
+      augment._inverse_affine(SIZE, angle, scale, shift_x, shift_y, stretch),
       resample=PIL.Image.Resampling.BILINEAR)
   coordinates = device_augment.warp_coordinates(
       SIZE, jnp.float32(angle), jnp.float32(scale), jnp.array([shift_x, shift_y]),
-      _whole_image())
+      _whole_image(), jnp.float32(stretch))
   warped = device_augment.resample(jnp.asarray(image), coordinates)
   np.testing.assert_allclose(warped, np.asarray(expected), atol=1e-5)
   assert (np.asarray(warped) == 0).any() == (np.asarray(expected) == 0).any()
@@ -85,6 +87,12 @@ def test_each_step_acts_only_when_on():
   slopes = np.diff(row_offsets) * image.shape[0]
   assert np.ptp(slopes) < 1e-3 and 0.001 < abs(slopes.mean()) <= 0.2
   assert abs(row_offsets.mean()) < 1e-5 and np.ptp(ramped, axis=1).max() < 1e-5
+  # Stretch: one draw from its own key, so the other steps' draws are as without it.
+  stretched = _augmented(no_augment(stretch=0.2, rotation_degrees=10.0), seed=1)
+  rotated = _augmented(no_augment(rotation_degrees=10.0), seed=1)
+  assert not np.allclose(stretched, rotated, atol=1e-3)
+  np.testing.assert_allclose(_augmented(no_augment(stretch=1e-6, rotation_degrees=10.0),
+                                         seed=1), rotated, atol=1e-4)
   for strong in (no_augment(noise_std=0.1), no_augment(blur_sigma=0.05),
                  no_augment(crop_area_min=0.5), no_augment(rotation_degrees=20.0)):
     changed = _augmented(strong)

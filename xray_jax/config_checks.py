@@ -87,7 +87,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   require(0 < aug.crop_area_min <= 1, "data.augment.crop_area_min", aug.crop_area_min,
            "a value in (0, 1]; 1 disables the random resized crop")
   for key in ("translate_fraction", "hflip_prob", "brightness", "contrast", "gamma",
-              "blur_sigma", "noise_std", "intensity_ramp"):
+              "blur_sigma", "noise_std", "intensity_ramp", "stretch"):
     require(0 <= aug.get(key, 0.0) <= 1, f"data.augment.{key}", aug.get(key), "a value in [0, 1]")
   if config.model.name == "cnn":
     require(config.model.pooling in ("avg", "max", "flatten"), "model.pooling",

@@ -1,7 +1,7 @@
-"""Train-time augmentation of gray images: a random resized crop, an affine warp, flips,
-exposure and contrast, a top-to-bottom brightness ramp, blur and noise. Each optional step
-draws random numbers only when it is on, so turning one on leaves the others' draws as they
-were."""
+"""Train-time augmentation of gray images: a random resized crop, an affine warp (with an
+optional stretch of the proportions), flips, exposure and contrast, a top-to-bottom
+brightness ramp, blur and noise. Each optional step draws random numbers only when it is on,
+so with it off the draws are those of a config without it."""
 
 import math
 
@@ -13,20 +13,23 @@ from xray_jax.data import shifts
 
 
 def _inverse_affine(
-    size: int, angle_degrees: float, scale: float, shift_x: float, shift_y: float
+    size: int, angle_degrees: float, scale: float, shift_x: float, shift_y: float,
+    stretch: float = 1.0,
 ) -> tuple[float, ...]:
   """PIL affine coefficients mapping output pixels back to input pixels.
 
-  The forward warp rotates by `angle_degrees` and scales by `scale` about the centre,
-  then shifts by (shift_x, shift_y) pixels.
+  The forward warp scales the width by `scale / stretch` and the height by
+  `scale * stretch`, then rotates by `angle_degrees` about the centre and shifts by
+  (shift_x, shift_y) pixels.
   """
   centre = size / 2  # PIL puts pixel centres at half-integer coordinates.
   theta = math.radians(angle_degrees)
   cos, sin = math.cos(theta) / scale, math.sin(theta) / scale
-  # input = centre + R(-theta) / scale @ (output - centre - shift)
+  # input = centre + diag(stretch, 1 / stretch) @ R(-theta) / scale @ (output - centre - shift)
+  xc, xs, yc, ys = cos * stretch, sin * stretch, cos / stretch, sin / stretch
   ox, oy = centre + shift_x, centre + shift_y
-  return (cos, sin, centre - cos * ox - sin * oy,
-          -sin, cos, centre + sin * ox - cos * oy)
+  return (xc, xs, centre - xc * ox - xs * oy,
+          -ys, yc, centre + ys * ox - yc * oy)
 
 
 def random_resized_crop(image: np.ndarray, area_min: float,
@@ -54,10 +57,13 @@ def augment_image(
   size = image.shape[0]
   angle = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
   scale = rng.uniform(config.scale_min, config.scale_max)
+  stretch = 1.0
+  if config.get("stretch", 0.0) > 0:
+    stretch = math.exp(rng.uniform(-config.stretch, config.stretch))
   shift_x, shift_y = rng.uniform(-1, 1, size=2) * config.translate_fraction * size
   warped = PIL.Image.fromarray(image, mode="F").transform(
       (size, size), PIL.Image.Transform.AFFINE,
-      _inverse_affine(size, angle, scale, shift_x, shift_y),
+      _inverse_affine(size, angle, scale, shift_x, shift_y, stretch),
       resample=PIL.Image.Resampling.BILINEAR)
   image = np.asarray(warped, dtype=np.float32)
   if rng.uniform() < config.hflip_prob:

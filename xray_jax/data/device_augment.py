@@ -1,11 +1,12 @@
 """Train-time augmentation inside the jitted train step (`data.augment_on="device"`).
 
 The transforms and ranges of `data.augment` that `xray_jax.data.augment` applies in the grain
-workers: a random resized crop and the affine warp (composed into one bilinear resampling),
-a horizontal flip, exposure and contrast, a brightness ramp, gamma, blur and noise. Each
-image draws its own numbers from the step's key. On an accelerator this costs little next to
-the model, and the workers are left to read and batch images; the draws differ from the
-host's, so the two settings train on equally distributed but not identical images.
+workers: a random resized crop and the affine warp with its stretch (composed into one
+bilinear resampling), a horizontal flip, exposure and contrast, a brightness ramp, gamma,
+blur and noise. Each image draws its own numbers from the step's key. On an accelerator
+this costs little next to the model, and the workers are left to read and batch images; the
+draws differ from the host's, so the two settings train on equally distributed but not
+identical images.
 """
 
 import functools
@@ -36,18 +37,20 @@ def _crop_box(key: jax.Array, size: int, area_min: float) -> tuple[jax.Array, ..
 
 
 def warp_coordinates(size: int, angle_degrees: jax.Array, scale: jax.Array,
-                     shift: jax.Array, box: tuple[jax.Array, ...]) -> jax.Array:
+                     shift: jax.Array, box: tuple[jax.Array, ...],
+                     stretch: jax.Array | float = 1.0) -> jax.Array:
   """[2, size, size] (row, column) input coordinates of each output pixel, pixel centres at
-  integers: the crop `box` (left, top, width, height) resized to the full size, then rotated
-  by `angle_degrees` and scaled by `scale` about the centre and shifted by `shift` (x, y)."""
+  integers: the crop `box` (left, top, width, height) resized to the full size, then scaled
+  by `scale / stretch` in width and `scale * stretch` in height, rotated by `angle_degrees`
+  about the centre and shifted by `shift` (x, y)."""
   centre = size / 2
   ys, xs = jnp.meshgrid(jnp.arange(size) + 0.5, jnp.arange(size) + 0.5, indexing="ij")
   theta = jnp.deg2rad(angle_degrees)
   cos, sin = jnp.cos(theta) / scale, jnp.sin(theta) / scale
   dx, dy = xs - centre - shift[0], ys - centre - shift[1]
   left, top, width, height = box
-  x_in = left + (centre + cos * dx + sin * dy) * width / size
-  y_in = top + (centre - sin * dx + cos * dy) * height / size
+  x_in = left + (centre + cos * stretch * dx + sin * stretch * dy) * width / size
+  y_in = top + (centre - sin / stretch * dx + cos / stretch * dy) * height / size
   return jnp.stack([y_in - 0.5, x_in - 0.5])
 
 
@@ -83,7 +86,10 @@ def augment_image(image: jax.Array, key: jax.Array,
   angle = _uniform(next(keys), -config.rotation_degrees, config.rotation_degrees)
   scale = _uniform(next(keys), config.scale_min, config.scale_max)
   shift = _uniform(next(keys), -1.0, 1.0, (2,)) * config.translate_fraction * size
-  image = resample(image, warp_coordinates(size, angle, scale, shift, box))
+  stretch = 1.0
+  if config.get("stretch", 0.0) > 0:  # Its own key, as the ramp's.
+    stretch = jnp.exp(_uniform(jax.random.fold_in(key, 2), -config.stretch, config.stretch))
+  image = resample(image, warp_coordinates(size, angle, scale, shift, box, stretch))
   image = jnp.where(_uniform(next(keys), 0.0, 1.0) < config.hflip_prob, image[:, ::-1], image)
   gain = _uniform(next(keys), 1 - config.contrast, 1 + config.contrast)
   offset = _uniform(next(keys), -config.brightness, config.brightness)
