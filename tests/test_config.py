@@ -136,6 +136,8 @@ def test_unknown_model_name_is_reported():
     ("pneumonia_cpu.py", "resnet18", "model.dropout", "# Dropout rate before the classifier."),
     ("finetune_cpu.py", "resnet18", "model.style_mixing", "# MixStyle on half the batches"),
     ("finetune_cpu.py", "cnn", "model.style_mixing", "# MixStyle on half the batches"),
+    ("finetune_cpu.py", "resnet18", "data.augment.stretch", "# Height times s, width over s"),
+    ("pneumonia.py", "resnet18", "data.augment.stretch", "# Proportions: the height times s"),
     ("pneumonia.py", "cnn", "model.dropout", "# Dropout rate before each dense layer"),
     ("pneumonia.py", "densenet121", "model.growth_rate", "# Channels that each dense layer"),
     ("pneumonia.py", "densenet121", "model.width", "# Channels of the stem."),
