@@ -199,7 +199,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.scale_min = 0.9  # Uniform zoom factor in [scale_min, scale_max];
   config.data.augment.scale_max = 1.1  # > 1 zooms in (a random crop, resized back).
   # Proportions: the height times s and the width divided by s, log s uniform in [-a, a]
-  # (0.2: 0.82 to 1.22); 0 keeps them. A chest's proportions vary with age and inspiration.
+  # (0.2: 0.82 to 1.22); 0 keeps them (docs/results.md, Errors on the external set).
   config.data.augment.stretch = 0.0
   config.data.augment.translate_fraction = 0.08  # Shift of up to this fraction of the size.
   config.data.augment.hflip_prob = 0.0  # Chest films have a laterality: off by default.
