@@ -14,7 +14,7 @@ r"""Fine-tuning of configs/pretrain_cpu.py's backbone: the recipe for a new acqu
 configs/pneumonia_cpu.py with the normal films oversampled, MixStyle, random proportions and
 the decision threshold chosen on validation. A labeled sample of the new acquisition
 (`data.eval_sets`, FOLDER/{CLASS}/*) chooses each run's checkpoint; without one, drop the last
-two overrides, `--split` and `--checkpoint=best` (final checkpoints). 6 to 14 minutes a seed on
+two overrides, `--split` and `--checkpoint=best` (final checkpoints). 6 to 18 minutes a seed on
 2 cores (docs/results.md, The recipe for a new acquisition). Accepts the same config args as
 pneumonia.py (`runlocal`, `model=`, `res=`).
 """

@@ -4,7 +4,7 @@ r"""Self-supervised pretraining (SimCLR) of configs/pneumonia_cpu.py's backbone.
       --config.data.dir=/path/to/chest_xray
 
 Pretrains on the train part of the split that the supervised run carves (same data
-fields), without labels; about 70 minutes on 2 quiet cores (docs/training.md). Its
+fields), without labels; 85 minutes on 2 AVX2 cores (docs/training.md). Its
 workdir feeds `finetune.init_from` of configs/finetune_cpu.py, the recipe for a new
 acquisition (README, docs/results.md). Accepts the same config args as pneumonia.py
 (`runlocal`, `model=`, `res=`).
@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     return config
   config.training.global_batch_size = 64  # 128 views a step: 126 negatives for each.
-  # 40 epochs beat 20, and 20 beat 8, on the external set (docs/results.md, Levers).
-  config.training.num_epochs = 40.0
+  # 20 beat 8 on the external set; 40 rank 0.004 better at twice the time, over 90
+  # minutes on 2 AVX2 cores (docs/results.md, The recipe for a new acquisition).
+  config.training.num_epochs = 20.0
   return config
