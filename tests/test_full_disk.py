@@ -133,6 +133,33 @@ def test_save_cut_short_by_a_full_disk_is_one_error_and_cleaned_at_the_next_star
   checkpointer.check_intact(1)
 
 
+def _fill(disk: pathlib.Path) -> None:
+  """Writes a file on `disk` until no byte is free."""
+  with (disk / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+    while True:
+      filler.write(b"x" * 4096)
+  assert shutil.disk_usage(disk).free == 0
+
+
+def test_save_on_a_full_disk_is_one_error_and_closing_raises_nothing_more(small_disk):
+  disk = small_disk("disk", 64 * 1024)
+  checkpointer = checkpointing.Checkpointer(disk / "checkpoints")
+  _fill(disk)
+  with pytest.raises(errors.WriteError, match=(
+      rf"cannot write the checkpoint of step 1 to {disk}/checkpoints/1: no space left on "
+      r"device \(0 bytes free\); free some space and rerun")):
+    checkpointer.save(1, _state(1, 16_384), _iterator())
+  checkpointer.close()  # Orbax's metadata thread failed too: that save is reported once.
+  assert checkpointer.all_steps() == []
+
+  (disk / "filler").unlink()  # A rerun with space saves.
+  checkpointer = checkpointing.Checkpointer(disk / "checkpoints")
+  checkpointer.save(1, _state(1, 1024), _iterator())
+  checkpointer.close()
+  assert checkpointer.all_steps() == [1]
+  checkpointer.check_intact(1)
+
+
 def test_metrics_on_a_full_disk_stop_with_one_error_and_earlier_lines_are_kept(small_disk,
                                                                                capfd):
   workdir = small_disk("work", 16 * 1024)

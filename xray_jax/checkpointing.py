@@ -14,7 +14,7 @@ import json
 import pathlib
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -134,6 +134,7 @@ class Checkpointer:
     self._undigested_step: int | None = None
     self._last_save: tuple[int, float] | None = None  # Its step, and when it began.
     self._warned_slow_save = False
+    self._failed_step: int | None = None  # Of the save a WriteError was raised for.
 
   def step_dir(self, step: int) -> pathlib.Path:
     return self._directory / str(step)
@@ -193,15 +194,24 @@ class Checkpointer:
     self._write_digests()
     self._check_free_space(step)
     self._last_save = step, time.monotonic()
-    with self._reporting_write_errors(step):
+    with self._reporting_write_errors():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(data_iterator)))
     self._undigested_step = step
 
-  def _reporting_write_errors(self, step: int | None) -> contextlib.AbstractContextManager:
-    """`storage.writing` for the save of `step`."""
-    return storage.writing(self.step_dir(step), f"the checkpoint of step {step}")
+  @contextlib.contextmanager
+  def _reporting_write_errors(self) -> Iterator[None]:
+    """`storage.writing` for the latest save begun. A failed save is reported once: Orbax's
+    threads raise its error again at each later wait and at `close`, which drops those."""
+    step = self._last_save[0] if self._last_save else 0
+    try:
+      with storage.writing(self.step_dir(step), f"the checkpoint of step {step}"):
+        yield
+    except errors.WriteError:
+      if step != self._failed_step:
+        self._failed_step = step
+        raise
 
   def _check_free_space(self, step: int) -> None:
     """Raises WriteError on every process, before saving `step`, when the filesystem has
@@ -221,7 +231,7 @@ class Checkpointer:
       return
     previous, began = self._last_save
     interval = time.monotonic() - began
-    with self._reporting_write_errors(previous):
+    with self._reporting_write_errors():
       self._manager.wait_until_finished()
     final = time.monotonic() - began
     self._warned_slow_save = True
@@ -233,7 +243,7 @@ class Checkpointer:
 
   def _write_digests(self) -> None:
     """Waits for the save in flight, then records its digests (process 0)."""
-    with self._reporting_write_errors(self._undigested_step):
+    with self._reporting_write_errors():
       self._manager.wait_until_finished()
     step, self._undigested_step = self._undigested_step, None
     if step is not None and jax.process_index() == 0 and self.step_dir(step).is_dir():
@@ -325,4 +335,5 @@ class Checkpointer:
     try:
       self._write_digests()
     finally:  # Stops Orbax's threads even after a failed save.
-      self._manager.close()
+      with self._reporting_write_errors():
+        self._manager.close()
