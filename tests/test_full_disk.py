@@ -34,6 +34,7 @@ from helpers import (
   tiny_config,
   trainer_command,
 )
+from tensorboard.backend.event_processing import event_accumulator
 
 from xray_jax import checkpointing, errors, logs, train
 from xray_jax import workdir as workdir_lib
@@ -166,7 +167,8 @@ def test_metrics_on_a_full_disk_stop_with_one_error_and_earlier_lines_are_kept(s
   writer = MetricWriter(workdir)
   scalars = {f"train/metric_{i}": 0.5 for i in range(40)}
   with pytest.raises(errors.WriteError, match=(
-      rf"cannot write the metrics of step (\d+) to {workdir}/(metrics\.jsonl|tensorboard): "
+      rf"cannot write the metrics of step (\d+) to {workdir}/"
+      r"(metrics\.jsonl|tensorboard/events\.out\.tfevents\.[^:]+): "
       r"no space left on device \(.+ free\)")) as raised:
     for step in range(1, 1000):
       writer.write(step, scalars)
@@ -181,6 +183,32 @@ def test_metrics_on_a_full_disk_stop_with_one_error_and_earlier_lines_are_kept(s
   lines = (workdir / workdir_lib.METRICS).read_text().splitlines()
   assert [json.loads(line) for line in lines] == [
       {"step": step, **scalars} for step in range(1, failed)]
+
+
+def test_event_file_on_a_full_disk_fails_that_write_and_keeps_the_earlier_events(small_disk):
+  disk = small_disk("disk", 64 * 1024)
+  script = f"""
+import errno, pathlib, sys
+sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
+from test_full_disk import _fill
+from xray_jax import event_files
+events = event_files.EventFile(pathlib.Path({str(disk)!r}) / "tensorboard", purge_step=1)
+events.write(1, {{"loss": 0.5}})
+_fill(pathlib.Path({str(disk)!r}))
+try:
+  events.write(2, {{f"metric_{{i}}": 0.5 for i in range(1000)}})  # 20 kB
+except OSError as e:
+  print(errno.errorcode[e.errno])
+events.close()
+"""
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert (done.returncode, done.stdout, done.stderr) == (0, "ENOSPC\n", "")  # Nothing at exit.
+  (disk / "filler").unlink()
+  run = event_accumulator.EventAccumulator(str(disk / "tensorboard"))
+  run.Reload()
+  assert run.Tags()["scalars"] == ["loss"]
+  assert [(e.step, e.value) for e in run.Scalars("loss")] == [(1, 0.5)]
 
 
 def test_atomic_write_on_a_full_disk_leaves_the_old_file(small_disk):

@@ -1,32 +1,11 @@
 """Scalar metrics as JSON lines and TensorBoard events in the workdir."""
 
-import contextlib
 import json
 import pathlib
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
-from xray_jax import storage
+from xray_jax import event_files, storage
 from xray_jax import workdir as workdir_lib
-
-
-@contextlib.contextmanager
-def _hidden(module: str) -> Iterator[None]:
-  """`import module` fails inside, unless it was imported already."""
-  if module in sys.modules:
-    yield
-    return
-  sys.modules[module] = None  # type: ignore[assignment]
-  try:
-    yield
-  finally:
-    del sys.modules[module]
-
-
-# tensorboardX imports torch where it is installed, only to accept its tensors; that costs
-# every process seconds, and scalars need none.
-with _hidden("torch"):
-  import tensorboardX
 
 
 def _step_of(line: str) -> int | None:
@@ -42,7 +21,8 @@ class MetricWriter:
   TensorBoard. A disabled writer (processes other than 0) writes nothing.
 
   A run resumed from the checkpoint of `resume_step` first drops what an interrupted run
-  wrote after that step, so the steps it replays are recorded once.
+  wrote after that step, so the steps it replays are recorded once (TensorBoard hides the
+  earlier events of those steps).
   """
 
   def __init__(self, workdir: pathlib.Path, resume_step: int = 0, enabled: bool = True):
@@ -54,12 +34,11 @@ class MetricWriter:
         kept = [line for line in self._path.read_text().splitlines(keepends=True)
                 if _step_of(line) is not None and _step_of(line) <= resume_step]
         workdir_lib.write_atomically(self._path, "".join(kept))
-      self._tensorboard_dir = workdir / workdir_lib.TENSORBOARD
       with storage.writing(self._path):
         self._jsonl = self._path.open("a")
-      with storage.writing(self._tensorboard_dir):
-        self._tensorboard = tensorboardX.SummaryWriter(
-            str(self._tensorboard_dir), purge_step=resume_step + 1)
+      tensorboard_dir = workdir / workdir_lib.TENSORBOARD
+      with storage.writing(tensorboard_dir):
+        self._tensorboard = event_files.EventFile(tensorboard_dir, purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Writes the metrics of `step`; a full or read-only filesystem raises WriteError (a
@@ -69,16 +48,11 @@ class MetricWriter:
     with storage.writing(self._path, f"the metrics of step {step}"):
       self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
       self._jsonl.flush()
-    with storage.writing(self._tensorboard_dir, f"the metrics of step {step}"):
-      for name, value in scalars.items():
-        self._tensorboard.add_scalar(name, value, step)
-      self._tensorboard.flush()
+    with storage.writing(self._tensorboard.path, f"the metrics of step {step}"):
+      self._tensorboard.write(step, scalars)
 
   def close(self) -> None:
     if self._enabled:
-      try:
-        with storage.writing(self._path, "the metrics"):
-          self._jsonl.close()
-      finally:
-        with storage.writing(self._tensorboard_dir, "the metrics"):
-          self._tensorboard.close()
+      self._tensorboard.close()
+      with storage.writing(self._path, "the metrics"):
+        self._jsonl.close()
