@@ -34,7 +34,7 @@ with _hidden("torch"):
 FILE_VERSION = "brain.Event:2"
 
 
-def record(data: bytes) -> bytes:
+def _record(data: bytes) -> bytes:
   """`data` framed as a TFRecord: its length, the length's checksum, the data, its
   checksum (little-endian, masked CRC-32C)."""
   length = struct.pack("<Q", len(data))
@@ -42,7 +42,7 @@ def record(data: bytes) -> bytes:
           + struct.pack("<I", masked_crc32c(data)))
 
 
-def scalars_event(step: int, scalars: Mapping[str, float]) -> event_pb2.Event:
+def _scalars_event(step: int, scalars: Mapping[str, float]) -> event_pb2.Event:
   return event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(
       value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value))
              for name, value in scalars.items()]))
@@ -68,10 +68,10 @@ class EventFile:
       raise
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    self._append(scalars_event(step, scalars))
+    self._append(_scalars_event(step, scalars))
 
   def _append(self, *events: event_pb2.Event) -> None:
-    data = b"".join(record(event.SerializeToString()) for event in events)
+    data = b"".join(_record(event.SerializeToString()) for event in events)
     while data:  # A write cut short by a full disk raises at the next one.
       data = data[os.write(self._fd, data):]
 
